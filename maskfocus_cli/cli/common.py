@@ -1,0 +1,111 @@
+"""Options and helpers shared by the subcommands (one definition, one behaviour)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
+    TimeRemainingColumn
+
+from maskfocus_cli.engine.sampling import SamplerSettings
+
+stderr = Console(stderr=True)
+
+
+def model_options(f: Callable) -> Callable:
+    """--model / --checkpoint / --device / --dtype."""
+    f = click.option("--dtype", default="fp32", show_default=True, type=click.Choice(["fp32", "bf16", "fp16"]),
+                     help="Weights dtype.")(f)
+    f = click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N.")(f)
+    f = click.option("--checkpoint", default=None, metavar="PATH",
+                     help="Training checkpoint folder (runs/X/checkpoints/step-N) whose weights to use.")(f)
+    f = click.option("--model", "model_spec", default="shapes", show_default=True, metavar="SPEC",
+                     help="shapes (built-in) | shapes:DIR | amused:DIR | meissonic:DIR | showo:DIR.")(f)
+    return f
+
+
+def sampler_options(f: Callable, steps: int = 16) -> Callable:
+    """--steps / --cfg / --schedule / --temperature / --gumbel."""
+    f = click.option("--gumbel", "gumbel", default=2.0, show_default=True, type=float,
+                     help="Start of the annealed Gumbel noise on confidences (0 = greedy re-masking).")(f)
+    f = click.option("--temperature", default=1.0, show_default=True, type=float,
+                     help="Logit temperature of token sampling.")(f)
+    f = click.option("--schedule", default="cosine", show_default=True, type=click.Choice(["cosine", "linear"]),
+                     help="Mask-ratio schedule.")(f)
+    f = click.option("--cfg", default=3.0, show_default=True, type=float,
+                     help="Classifier-free guidance scale (form set by the model family).")(f)
+    f = click.option("--steps", default=steps, show_default=True, type=int, help="Unmasking steps T.")(f)
+    return f
+
+
+def settings_from(steps: int, cfg: float, schedule: str, temperature: float, gumbel: float) -> SamplerSettings:
+    if steps < 1:
+        raise ValueError(f"--steps must be at least 1 (got {steps})")
+    if temperature <= 0:
+        raise ValueError(f"--temperature must be > 0 (got {temperature})")
+    return SamplerSettings(steps=steps, guidance_scale=cfg, schedule=schedule, logit_temperature=temperature,
+                           gumbel_temperature=gumbel)
+
+
+def read_prompts(args: tuple[str, ...], prompts_file: str | None) -> tuple[list[str], list[dict | None]]:
+    """Prompts from arguments, a file, or stdin ('-'); .jsonl files give GenEval metadata rows too."""
+    prompts: list[str] = list(args)
+    metas: list[dict | None] = [None] * len(prompts)
+    if prompts_file is not None:
+        if prompts_file == "-":
+            lines = sys.stdin.read().splitlines()
+            name = "stdin"
+        else:
+            p = Path(prompts_file)
+            if not p.is_file():
+                raise ValueError(f"prompt file not found: {prompts_file} (one prompt per line, or '-' for stdin)")
+            lines = p.read_text().splitlines()
+            name = str(p)
+        for i, line in enumerate(lines, 1):
+            line = line.strip()
+            if not line:
+                continue
+            if line.startswith("{"):
+                try:
+                    row = json.loads(line)
+                    prompts.append(str(row["prompt"]))
+                    metas.append(row)
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    raise ValueError(f"{name} line {i}: not a JSON object with a 'prompt' field") from None
+            else:
+                prompts.append(line)
+                metas.append(None)
+    prompts = [p.strip() for p in prompts]
+    if not prompts or any(not p for p in prompts):
+        raise ValueError("no prompts given: pass prompts as arguments, --prompts FILE, or --prompts - (stdin)")
+    return prompts, metas
+
+
+def ensure_writable_dir(path: str | Path) -> Path:
+    """Create the output folder and prove we can write in it (fail before any work)."""
+    out = Path(path)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=out, prefix=".probe")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ValueError(f"cannot write to --out {path}: {e.strerror or e} (choose a writable folder)") from None
+    return out
+
+
+def emit(row: dict) -> None:
+    """One JSON line on stdout (the only thing that ever goes to stdout)."""
+    click.echo(json.dumps(row, ensure_ascii=False))
+
+
+def progress() -> Progress:
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), TimeRemainingColumn(), console=stderr, transient=False)

@@ -1,0 +1,309 @@
+"""Recipes: YAML → frozen dataclasses, strict keys, ``base:`` inheritance, ``--set`` overrides.
+
+Every field carries its help text in ``field(metadata={"help": ...})`` (shown by
+``maskfocus train --explain``), and optional ``choices`` / ``min`` / ``max`` that the
+loader enforces. A typo'd key, a wrong type or an out-of-range value is rejected
+with a message naming the key and the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A recipe problem the user must fix (the CLI prints it and exits 2)."""
+
+
+def opt(default: Any, help: str, *, choices: tuple | None = None, min: float | None = None,
+        max: float | None = None, factory: Any = None) -> Any:
+    """A dataclass field with its help text and constraints."""
+    meta = {"help": help, "choices": choices, "min": min, "max": max}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# --------------------------------------------------------------------------- sections
+@dataclass(frozen=True)
+class ModelConfig:
+    spec: str = opt("shapes", "model spec: shapes | shapes:DIR | amused:DIR | meissonic:DIR | showo:DIR")
+    checkpoint: str | None = opt(None, "training checkpoint folder to start from (weights only)")
+    dtype: str = opt("fp32", "weights dtype", choices=("fp32", "bf16", "fp16"))
+    device: str = opt("auto", "auto | cpu | cuda | cuda:N")
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    steps: int = opt(16, "T, number of unmasking steps", min=1)
+    guidance_scale: float = opt(3.0, "classifier-free guidance w (formula given by the model family)", min=0)
+    schedule: str = opt("cosine", "mask-ratio schedule", choices=("cosine", "linear"))
+    logit_temperature: float = opt(1.0, "τ_logit in p = softmax(logits / τ_logit)", min=1e-6)
+    gumbel_temperature: float = opt(2.0, "start of the annealed Gumbel confidence noise τ_t (→ 0)", min=0)
+
+
+@dataclass(frozen=True)
+class CriticalConfig:
+    selector: str = opt("info-gain", "which steps get the policy update",
+                        choices=("info-gain", "random", "uniform", "first", "last", "all"))
+    k: int = opt(3, "number of critical steps per rollout batch (ignored by 'all')", min=1)
+    embed: str = opt("codebook", "embedding for step similarity", choices=("codebook", "pixels", "clip"))
+    reduction: str = opt("batch", "'batch': one step set per micro-batch (official); 'sample': per image",
+                         choices=("batch", "sample"))
+    clip_model: str = opt("ViT-B-32", "open_clip architecture for embed=clip")
+    clip_weights: str | None = opt(None, "local open_clip weights file for embed=clip")
+
+
+@dataclass(frozen=True)
+class RoutingConfig:
+    enabled: bool = opt(True, "entropy-based dynamic routing during rollouts (MaskFocus §3.3)")
+    scale: float = opt(2.5, "exploratory temperature law: scale·exp(−H/decay) + floor", min=0)
+    decay: float = opt(3.0, "entropy decay of the exploratory temperature law", min=1e-6)
+    floor: float = opt(0.7, "minimum exploratory temperature", min=1e-6)
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    name: str = opt("shapes-geneval", "registered reward name or 'package.module:callable'")
+    weight: float = opt(1.0, "weight of this component in the summed reward")
+    options: dict = opt(None, "keyword options passed to the reward factory", factory=dict)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    prompts: str = opt("shapes:train", "training prompts: shapes:train | a .txt (one per line) | "
+                       "a GenEval-style .jsonl")
+    eval_prompts: str = opt("shapes:heldout", "prompts for periodic sample grids / evaluation")
+    num_eval_prompts: int = opt(8, "how many eval prompts go into the periodic sample grid", min=0)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    algorithm: str = opt("maskfocus", "what to optimise",
+                         choices=("maskfocus", "mask-grpo", "pretrain"))
+    iterations: int = opt(100, "optimiser iterations (rollout batches)", min=1)
+    prompts_per_iter: int = opt(8, "prompts per iteration (global, across ranks)", min=1)
+    group_size: int = opt(4, "G, images per prompt; advantages are normalised within a group", min=1)
+    micro_batch: int = opt(16, "images per forward/backward in the loss (memory knob)", min=1)
+    inner_epochs: int = opt(1, "optimiser passes over one rollout batch (>1 makes clipping bite)", min=1)
+    lr: float = opt(1e-4, "AdamW learning rate", min=0)
+    betas: tuple = opt((0.9, 0.999), "AdamW betas")
+    weight_decay: float = opt(0.0, "AdamW weight decay", min=0)
+    warmup: int = opt(0, "linear warm-up iterations", min=0)
+    lr_schedule: str = opt("constant", "after warm-up", choices=("constant", "cosine"))
+    grad_clip: float = opt(1.0, "max global grad norm (0 = off)", min=0)
+    kl_beta: float = opt(0.01, "β of the k3 KL to the frozen reference (maskfocus estimator)", min=0)
+    clip_low: float = opt(0.1, "ε_low of the asymmetric ratio clip", min=0)
+    clip_high: float = opt(0.2, "ε_high of the asymmetric ratio clip", min=0)
+    reduction_steps: int = opt(0, "mask-grpo: optimise only the first R steps (0 = all T)", min=0)
+    remask_term: bool = opt(False, "mask-grpo: add log P(re-masked tokens fall below the cut-off)")
+    loss_guidance: bool = opt(True, "score the loss with the rollout's CFG (else conditional only)")
+    seed: int = opt(0, "global seed (prompts, rollouts, step selection)")
+    mixed_precision: str = opt("no", "accelerate mixed precision", choices=("no", "bf16", "fp16"))
+    lora_rank: int = opt(0, "LoRA rank via peft (0 = full fine-tuning)", min=0)
+    # supervised pretraining of the built-in model
+    batch_size: int = opt(64, "pretrain: scenes per optimiser step", min=1)
+    prompt_dropout: float = opt(0.1, "pretrain: probability of the empty prompt (enables CFG)", min=0, max=1)
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    dir: str = opt("runs/maskfocus", "run folder: checkpoints/, metrics.jsonl, samples/, reward.png")
+    checkpoint_every: int = opt(10, "iterations between checkpoints", min=1)
+    keep_last: int = opt(3, "checkpoints kept (older ones are deleted)", min=1)
+    sample_every: int = opt(0, "iterations between eval sample grids (0 = only at the end)", min=0)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    model: ModelConfig = opt(None, "which model to train", factory=ModelConfig)
+    sampler: SamplerConfig = opt(None, "rollout sampling settings", factory=SamplerConfig)
+    eval_sampler: SamplerConfig | None = opt(None, "sampling for eval grids (default: sampler, no routing)")
+    critical: CriticalConfig = opt(None, "critical-step selection", factory=CriticalConfig)
+    routing: RoutingConfig = opt(None, "dynamic routing of rollouts", factory=RoutingConfig)
+    rewards: tuple = opt((), "reward components (list of {name, weight, options})")
+    data: DataConfig = opt(None, "prompt sources", factory=DataConfig)
+    train: TrainConfig = opt(None, "optimisation", factory=TrainConfig)
+    output: OutputConfig = opt(None, "where results go", factory=OutputConfig)
+
+
+# --------------------------------------------------------------------------- loading
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert(value: Any, tp: Any, where: str) -> Any:
+    """Check/convert a YAML value to an annotated type; raise ConfigError naming ``where``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _convert(value, a, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{where}: bad value {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
+        return build(tp, value, where)
+    if tp is tuple or origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return tuple(value)
+    if tp is dict:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def build(cls: type, data: dict, where: str = "") -> Any:
+    """Build dataclass ``cls`` from a dict, rejecting unknown keys and bad values."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        key = f"{where}.{unknown[0]}" if where else unknown[0]
+        raise ConfigError(f"unknown key '{key}' (valid keys here: {', '.join(fields)})")
+    kwargs = {}
+    for name, value in data.items():
+        key = f"{where}.{name}" if where else name
+        f = fields[name]
+        if name == "rewards":
+            if not isinstance(value, list):
+                raise ConfigError(f"{key}: expected a list of {{name, weight, options}}")
+            kwargs[name] = tuple(build(RewardConfig, r if isinstance(r, dict) else {"name": r},
+                                       f"{key}[{i}]") for i, r in enumerate(value))
+            continue
+        v = _convert(value, hints[name], key)
+        meta = f.metadata
+        if meta.get("choices") and v not in meta["choices"]:
+            raise ConfigError(f"{key}: {v!r} is not one of {', '.join(map(str, meta['choices']))}")
+        if meta.get("min") is not None and isinstance(v, (int, float)) and v < meta["min"]:
+            raise ConfigError(f"{key}: {v} is below the minimum {meta['min']}")
+        if meta.get("max") is not None and isinstance(v, (int, float)) and v > meta["max"]:
+            raise ConfigError(f"{key}: {v} is above the maximum {meta['max']}")
+        kwargs[name] = v
+    return cls(**kwargs)
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def read_yaml(path: Path, _seen: tuple = ()) -> dict:
+    """Read a recipe with its ``base:`` chain resolved (paths relative to the file)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"recipe not found: {path} (give the path to a .yaml recipe)")
+    if path.resolve() in _seen:
+        raise ConfigError(f"{path}: 'base:' chain loops back to itself")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a recipe must be a YAML mapping")
+    base = data.pop("base", None)
+    if base is not None:
+        parent = read_yaml((path.parent / base), _seen + (path.resolve(),))
+        data = _merge(parent, data)
+    return data
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply ``a.b=value`` overrides (values parsed as YAML: 3, 1e-4, true, [1, 2])."""
+    data = dict(data)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.lr=1e-5")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        parts = key.strip().split(".")
+        node = data
+        for p in parts[:-1]:
+            child = node.get(p)
+            node[p] = dict(child) if isinstance(child, dict) else {}
+            node = node[p]
+        node[parts[-1]] = value
+    return data
+
+
+def load_recipe(path: str | Path, overrides: list[str] | tuple = ()) -> Recipe:
+    """Recipe file (+ overrides) → validated ``Recipe``; errors name the key and the file."""
+    data = apply_overrides(read_yaml(Path(path)), list(overrides))
+    try:
+        return build(Recipe, data)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def to_dict(obj: Any) -> Any:
+    """Recipe → plain dict (for checkpoints, model cards, metrics headers)."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, tuple):
+        return [to_dict(v) for v in obj]
+    return obj
+
+
+def explain(cls: type = Recipe, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(key, default, help) rows for every field, recursively (for ``--explain``)."""
+    rows = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{f.name}"
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            rows.append((key, "", f.metadata.get("help", "")))
+            rows.extend(explain(tp, key + "."))
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else "")
+        help_ = f.metadata.get("help", "")
+        if f.metadata.get("choices"):
+            help_ += f" [{'|'.join(map(str, f.metadata['choices']))}]"
+        rows.append((key, repr(default), help_))
+    return rows

@@ -1,0 +1,73 @@
+"""Model specs (``shapes``, ``shapes:DIR``, ``amused:DIR`` …) → adapters.
+
+The one place that turns what a user typed into a loaded model, so every
+subcommand accepts the same specs and gives the same errors.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from maskfocus_cli.models.base import MaskedT2IAdapter
+
+FAMILIES = ("shapes", "amused", "meissonic", "showo")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def parse_spec(spec: str) -> tuple[str, str | None]:
+    """'family[:path]' → (family, path)."""
+    family, _, path = spec.partition(":")
+    family = family.strip().lower()
+    if family not in FAMILIES:
+        raise ValueError(f"unknown model spec {spec!r}: use one of shapes, shapes:DIR, amused:DIR, "
+                         "meissonic:DIR, showo:DIR")
+    return family, (path or None)
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
+    return dev
+
+
+def checkpoint_weights(checkpoint: str | Path) -> Path:
+    """A training checkpoint folder (or a .safetensors file) → its transformer weights file."""
+    p = Path(checkpoint)
+    if p.is_dir():
+        p = p / "model.safetensors"
+    if not p.is_file():
+        raise ValueError(f"checkpoint not found: {checkpoint} (expected a checkpoint folder with "
+                         "model.safetensors, e.g. runs/NAME/checkpoints/step-100)")
+    return p
+
+
+def load_model(spec: str = "shapes", checkpoint: str | Path | None = None, device: str = "auto",
+               dtype: str = "fp32") -> MaskedT2IAdapter:
+    """Load an adapter for ``spec``, optionally with fine-tuned weights from ``checkpoint``."""
+    from maskfocus_cli.io.checkpoint import load_weights
+    family, path = parse_spec(spec)
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}: use fp32, bf16 or fp16")
+    dev = resolve_device(device)
+    if dev.type == "cpu" and dtype == "fp16":
+        raise ValueError("--dtype fp16 is not supported on the CPU: use fp32 or bf16")
+    if family == "shapes":
+        from maskfocus_cli.models.shapes import load_shapes_model
+        adapter = load_shapes_model(path)
+    else:
+        import importlib
+        mod = importlib.import_module(f"maskfocus_cli.models.{family}")
+        if path is None:
+            raise ValueError(f"--model {family} needs a folder or hub id: --model {family}:PATH")
+        adapter = mod.load(path, device=str(dev), dtype=DTYPES[dtype])
+    if checkpoint is not None:
+        load_weights(adapter.transformer, checkpoint_weights(checkpoint))
+    adapter.transformer.to(dev, DTYPES[dtype])
+    adapter.transformer.eval()
+    adapter.transformer.requires_grad_(False)
+    return adapter

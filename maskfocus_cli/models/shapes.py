@@ -1,0 +1,188 @@
+"""The built-in shapes-world model: a small bidirectional masked transformer.
+
+Text is a closed vocabulary (the shapes world's words), embedded and concatenated
+in front of the 8×8 image tokens; one bidirectional transformer reads both and
+predicts a code for every image position. The empty prompt (all padding) is the
+unconditional branch for classifier-free guidance, learnt by prompt dropout.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from maskfocus_cli.models.base import Cond, MaskedT2IAdapter, StepInfo
+
+PAD = "<pad>"
+
+
+@dataclass(frozen=True)
+class ShapesModelConfig:
+    """Architecture of the built-in model (stored as config.json next to the weights)."""
+
+    vocabulary: tuple[str, ...] = ()  #: text words; id 0 is padding
+    text_len: int = 16  #: max prompt words
+    num_codes: int = 512  #: K, VQ codebook size; [MASK] = K
+    grid: tuple[int, int] = (8, 8)  #: token grid
+    d_model: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    d_ff: int = 512
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["vocabulary"] = list(self.vocabulary)
+        d["grid"] = list(self.grid)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> "ShapesModelConfig":
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"shapes model config has unknown keys {sorted(unknown)}")
+        d = dict(d)
+        d["vocabulary"] = tuple(d.get("vocabulary", ()))
+        d["grid"] = tuple(d.get("grid", (8, 8)))
+        return cls(**d)
+
+
+class ShapesTransformer(nn.Module):
+    """tokens (B, N) + text ids (B, L) → logits (B, N, K)."""
+
+    def __init__(self, cfg: ShapesModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        n = cfg.grid[0] * cfg.grid[1]
+        d = cfg.d_model
+        self.token_emb = nn.Embedding(cfg.num_codes + 1, d)
+        self.text_emb = nn.Embedding(len(cfg.vocabulary) + 1, d, padding_idx=0)
+        self.image_pos = nn.Parameter(torch.randn(n, d) * 0.02)
+        self.text_pos = nn.Parameter(torch.randn(cfg.text_len, d) * 0.02)
+        layer = nn.TransformerEncoderLayer(d, cfg.n_heads, cfg.d_ff, dropout=0.0, activation="gelu",
+                                           batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, cfg.n_layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(d)
+        self.head = nn.Linear(d, cfg.num_codes)
+
+    def forward(self, tokens: torch.Tensor, text_ids: torch.Tensor) -> torch.Tensor:
+        b, n = tokens.shape
+        text_pad = text_ids == 0
+        x = torch.cat([self.text_emb(text_ids) + self.text_pos, self.token_emb(tokens) + self.image_pos], 1)
+        pad = torch.cat([text_pad, torch.zeros(b, n, dtype=torch.bool, device=tokens.device)], 1)
+        # float mask (not bool) keeps the math path identical for every batch size
+        attn_bias = torch.zeros(pad.shape, dtype=x.dtype, device=x.device).masked_fill(pad, float("-inf"))
+        h = self.encoder(x, src_key_padding_mask=attn_bias)
+        return self.head(self.norm(h[:, -n:]))
+
+
+class ShapesAdapter(MaskedT2IAdapter):
+    """Adapter for the built-in model: closed-vocabulary text, patch VQ tokenizer."""
+
+    family = "shapes"
+    guidance_form = "meissonic"
+
+    def __init__(self, transformer: ShapesTransformer, tokenizer) -> None:
+        self.transformer = transformer
+        self.tokenizer = tokenizer
+        self.cfg = transformer.cfg
+        self._word_ids = {w: i + 1 for i, w in enumerate(self.cfg.vocabulary)}
+
+    @property
+    def mask_id(self) -> int:
+        return self.cfg.num_codes
+
+    @property
+    def codebook_size(self) -> int:
+        return self.cfg.num_codes
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return tuple(self.cfg.grid)
+
+    def text_ids(self, prompts: list[str]) -> torch.Tensor:
+        """Prompts → (B, L) word ids; unknown words raise a ValueError naming them."""
+        ids = torch.zeros(len(prompts), self.cfg.text_len, dtype=torch.long)
+        for i, p in enumerate(prompts):
+            words = p.lower().replace(",", " ").replace(".", " ").split()
+            bad = [w for w in words if w not in self._word_ids]
+            if bad:
+                sample = ", ".join(sorted(self._word_ids)[:12])
+                raise ValueError(f"the shapes model does not know the word {bad[0]!r} in prompt {p!r} "
+                                 f"(it knows words such as: {sample}, ...)")
+            if len(words) > self.cfg.text_len:
+                raise ValueError(f"prompt {p!r} has {len(words)} words; the shapes model takes at most "
+                                 f"{self.cfg.text_len}")
+            if words:
+                ids[i, :len(words)] = torch.tensor([self._word_ids[w] for w in words])
+        return ids
+
+    def encode_prompts(self, prompts: list[str]) -> Cond:
+        return {"text_ids": self.text_ids(list(prompts)).to(self.device)}
+
+    def call_transformer(self, net: nn.Module, tokens: torch.Tensor, cond: Cond,
+                         step: StepInfo) -> torch.Tensor:
+        return net(tokens, cond["text_ids"])
+
+    def code_embeddings(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.tokenizer.embed(tokens.cpu()).to(tokens.device)
+
+    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.tokenizer.decode(tokens.cpu()).clamp(0, 1)
+
+    def describe(self) -> dict:
+        d = super().describe()
+        d["parameters"] = sum(p.numel() for p in self.transformer.parameters())
+        return d
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, folder: str | Path) -> None:
+        """Standalone model folder: config.json, model.safetensors, tokenizer.safetensors."""
+        from maskfocus_cli.io.checkpoint import atomic_write_json, save_weights
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(folder / "config.json", {"family": "shapes", **self.cfg.to_json()})
+        save_weights(self.transformer.state_dict(), folder / "model.safetensors")
+        self.tokenizer.save(folder / "tokenizer.safetensors")
+
+
+def builtin_model_dir() -> Path:
+    """Folder of the pretrained base weights shipped inside the package."""
+    return Path(__file__).resolve().parent.parent / "assets" / "shapes-base"
+
+
+def new_shapes_model(tokenizer=None, **overrides) -> ShapesAdapter:
+    """A freshly initialised built-in model over the shapes world's vocabulary."""
+    from maskfocus_cli.shapes import world
+    if tokenizer is None:
+        from maskfocus_cli.shapes.tokenizer import fit_default
+        tokenizer = fit_default()
+    cfg = ShapesModelConfig(vocabulary=tuple(world.vocabulary()), num_codes=int(tokenizer.num_codes),
+                            **overrides)
+    return ShapesAdapter(ShapesTransformer(cfg), tokenizer)
+
+
+def load_shapes_model(folder: str | Path | None = None) -> ShapesAdapter:
+    """Load a shapes model folder (default: the shipped base)."""
+    from maskfocus_cli.io.checkpoint import load_weights, read_json
+    from maskfocus_cli.shapes.tokenizer import ShapesTokenizer
+    folder = Path(folder) if folder is not None else builtin_model_dir()
+    needed = ["config.json", "model.safetensors", "tokenizer.safetensors"]
+    missing = [f for f in needed if not (folder / f).is_file()]
+    if missing:
+        raise ValueError(f"{folder} is not a shapes model folder: missing {', '.join(missing)} "
+                         f"(expected {', '.join(needed)}; make one with `maskfocus export`)")
+    cfg_json = read_json(folder / "config.json")
+    family = cfg_json.pop("family", "shapes")
+    if family != "shapes":
+        raise ValueError(f"{folder} holds a {family!r} model, not a shapes model (use --model {family}:{folder})")
+    cfg = ShapesModelConfig.from_json(cfg_json)
+    model = ShapesTransformer(cfg)
+    load_weights(model, folder / "model.safetensors")
+    model.eval()
+    tok = ShapesTokenizer.load(folder / "tokenizer.safetensors")
+    return ShapesAdapter(model, tok)
