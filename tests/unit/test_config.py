@@ -1,0 +1,65 @@
+"""Recipe loading: strict keys, types, ranges, base inheritance, --set overrides."""
+
+import dataclasses
+
+import pytest
+
+from maskfocus_cli.config import ConfigError, Recipe, explain, load_recipe
+
+
+def write(tmp_path, name, text):
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def test_defaults_and_values(tmp_path):
+    r = load_recipe(write(tmp_path, "r.yaml", "train:\n  lr: 1e-5\n  group_size: 6\nsampler:\n  steps: 32\n"))
+    assert r.train.lr == 1e-5 and r.train.group_size == 6 and r.sampler.steps == 32
+    assert r.critical.selector == "info-gain"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        r.train.lr = 1.0
+
+
+def test_unknown_key_names_key_and_file(tmp_path):
+    p = write(tmp_path, "bad.yaml", "train:\n  lrr: 1e-5\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml.*'train\.lrr'"):
+        load_recipe(p)
+
+
+def test_wrong_type_and_range(tmp_path):
+    with pytest.raises(ConfigError, match="train.group_size.*integer"):
+        load_recipe(write(tmp_path, "a.yaml", "train:\n  group_size: two\n"))
+    with pytest.raises(ConfigError, match="sampler.steps.*minimum"):
+        load_recipe(write(tmp_path, "b.yaml", "sampler:\n  steps: 0\n"))
+    with pytest.raises(ConfigError, match="critical.selector"):
+        load_recipe(write(tmp_path, "c.yaml", "critical:\n  selector: best\n"))
+
+
+def test_base_inheritance_and_overrides(tmp_path):
+    write(tmp_path, "base.yaml", "train:\n  lr: 1e-4\n  iterations: 50\nsampler:\n  steps: 8\n")
+    child = write(tmp_path, "child.yaml", "base: base.yaml\ntrain:\n  lr: 2e-6\n")
+    r = load_recipe(child, ["train.iterations=7", "critical.k=2", "sampler.schedule=linear"])
+    assert (r.train.lr, r.train.iterations, r.sampler.steps) == (2e-6, 7, 8)
+    assert r.critical.k == 2 and r.sampler.schedule == "linear"
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        load_recipe(child, ["train.lr"])
+    with pytest.raises(ConfigError, match="unknown key"):
+        load_recipe(child, ["train.nope=1"])
+
+
+def test_rewards_list(tmp_path):
+    r = load_recipe(write(tmp_path, "r.yaml", "rewards:\n  - name: clip\n    weight: 0.5\n  - shapes-geneval\n"))
+    assert [(c.name, c.weight) for c in r.rewards] == [("clip", 0.5), ("shapes-geneval", 1.0)]
+
+
+def test_missing_and_invalid_files(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_recipe(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_recipe(write(tmp_path, "x.yaml", "train: [\n"))
+
+
+def test_every_field_has_help():
+    rows = explain(Recipe)
+    assert rows and all(help_ for _, _, help_ in rows)
