@@ -49,7 +49,7 @@ def images_to_png_b64(images: torch.Tensor) -> list[str]:
     out = []
     for a in arr:
         buf = io.BytesIO()
-        Image.fromarray(a, mode="RGB").save(buf, format="PNG", compress_level=1)
+        Image.fromarray(a).save(buf, format="PNG", compress_level=1)
         out.append(base64.b64encode(buf.getvalue()).decode("ascii"))
     return out
 
@@ -117,6 +117,8 @@ class HttpReward:
                     raise RewardServerError(f"reward server at {self.url} rejected the request "
                                             f"(HTTP {e.code}): {detail}") from e
                 last = RewardServerError(f"HTTP {e.code}: {detail}")
+            except json.JSONDecodeError as e:
+                raise RewardServerError(f"reward server at {self.url} answered with invalid JSON: {e}") from e
             except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as e:
                 last = e
         else:

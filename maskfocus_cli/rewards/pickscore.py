@@ -42,14 +42,22 @@ def _features(out) -> torch.Tensor:
     return out if isinstance(out, torch.Tensor) else out.pooler_output
 
 
+def _field(obj, key: str):
+    """Read ``key`` from a size spec: a dict (transformers 4.x) or a SizeDict (5.x)."""
+    if isinstance(obj, dict):
+        return obj.get(key)
+    return getattr(obj, key, None)
+
+
 def _crop_size(proc) -> tuple[int, int]:
+    """(H, W) the vision tower sees: the processor's centre crop, else its shortest edge."""
     crop = getattr(proc, "crop_size", None)
-    if isinstance(crop, dict) and "height" in crop:
-        return int(crop["height"]), int(crop["width"])
     if isinstance(crop, int):
         return crop, crop
+    if crop is not None and _field(crop, "height"):
+        return int(_field(crop, "height")), int(_field(crop, "width"))
     size = proc.size
-    s = size.get("shortest_edge") if isinstance(size, dict) else size
+    s = size if isinstance(size, int) else _field(size, "shortest_edge")
     return int(s), int(s)
 
 

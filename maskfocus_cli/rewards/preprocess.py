@@ -35,8 +35,9 @@ def resize_center_crop(images: torch.Tensor, size: int | Sequence[int],
     nh, nw = max(th, round(h * scale)), max(tw, round(w * scale))
     x = images
     if (nh, nw) != (h, w):
-        x = F.interpolate(x, size=(nh, nw), mode=mode, align_corners=False,
-                          antialias=mode in ("bilinear", "bicubic")).clamp_(0.0, 1.0)
+        smooth = mode in ("bilinear", "bicubic")
+        kw = {"align_corners": False, "antialias": True} if smooth else {}
+        x = F.interpolate(x, size=(nh, nw), mode=mode, **kw).clamp_(0.0, 1.0)
     top, left = (nh - th) // 2, (nw - tw) // 2
     return x[..., top:top + th, left:left + tw]
 
