@@ -59,7 +59,7 @@ def png_b64_to_images(data: Sequence[str]) -> torch.Tensor:
     arrs = [np.asarray(Image.open(io.BytesIO(base64.b64decode(s))).convert("RGB")) for s in data]
     if len({a.shape for a in arrs}) > 1:
         raise ValueError(f"images have different sizes: {sorted({a.shape for a in arrs})}")
-    return torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).float() / 255.0
+    return torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).contiguous().float() / 255.0
 
 
 def scores_to_json(scores: torch.Tensor) -> list[float | None]:
