@@ -1,0 +1,185 @@
+"""Official on-disk layouts of benchmark images, so our folders feed the official scorers and back.
+
+GenEval (README of djghosh13/geneval)::
+
+    OUT/00000/metadata.jsonl      the prompt's metadata row (one JSON object)
+    OUT/00000/samples/0000.png    its images (the official scorer accepts any ``\\d+.png``)
+
+T2I-CompBench (GORS_finetune/inference_eval.py)::
+
+    OUT/samples/{prompt}_{idx:06}.png   idx is a running image counter over the whole run;
+                                        the official scorers recover the prompt from the file name.
+
+Every write goes to a temp file in the same folder and is moved into place with
+os.replace, so an interrupted run never leaves a truncated PNG or metadata file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .prompts import validate_geneval_row
+
+_DIGITS_PNG = re.compile(r"^(\d+)\.png$")
+_T2I_PNG = re.compile(r"^(.+)_(\d+)\.png$")
+
+
+def _atomic_write(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def to_pil(image: torch.Tensor | Image.Image) -> Image.Image:
+    """(3, H, W) float tensor in [0, 1] (or a PIL image) → RGB PIL image."""
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    if image.ndim != 3 or image.shape[0] != 3:
+        raise ValueError(f"expected an image tensor of shape (3, H, W), got {tuple(image.shape)}")
+    arr = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray(arr)
+
+
+def save_png(image: torch.Tensor | Image.Image, path: str | Path) -> Path:
+    """Write one image as PNG atomically."""
+    path = Path(path)
+    pil = to_pil(image)
+    _atomic_write(path, lambda f: pil.save(f, format="PNG"))
+    return path
+
+
+def load_image(path: str | Path) -> torch.Tensor:
+    """PNG → (3, H, W) float tensor in [0, 1]."""
+    with Image.open(path) as im:
+        arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).float() / 255.0
+
+
+# ---------------------------------------------------------------- GenEval
+
+def geneval_prompt_dir(out: str | Path, index: int) -> Path:
+    return Path(out) / f"{index:05d}"
+
+
+def geneval_sample_path(out: str | Path, index: int, sample: int) -> Path:
+    return geneval_prompt_dir(out, index) / "samples" / f"{sample:04d}.png"
+
+
+def write_geneval_metadata(out: str | Path, index: int, metadata: dict) -> Path:
+    """Write OUT/<index:05>/metadata.jsonl holding the prompt's metadata row."""
+    path = geneval_prompt_dir(out, index) / "metadata.jsonl"
+    data = (json.dumps(metadata) + "\n").encode("utf-8")
+    _atomic_write(path, lambda f: f.write(data))
+    return path
+
+
+def write_geneval_sample(out: str | Path, index: int, sample: int,
+                         image: torch.Tensor | Image.Image) -> Path:
+    return save_png(image, geneval_sample_path(out, index, sample))
+
+
+@dataclass(frozen=True)
+class GenEvalPrompt:
+    """One prompt folder of a GenEval images dir."""
+
+    index: int
+    metadata: dict
+    images: tuple[Path, ...]  #: sorted by sample number
+
+
+def _geneval_layout_error(root: Path, detail: str) -> ValueError:
+    return ValueError(f"images folder is not in GenEval layout: expected 00000/metadata.jsonl and "
+                      f"00000/samples/0000.png under {root} ({detail})")
+
+
+def scan_geneval(images_dir: str | Path) -> list[GenEvalPrompt]:
+    """Read back a GenEval images folder, validating its layout and every metadata file."""
+    root = Path(images_dir)
+    if not root.is_dir():
+        raise ValueError(f"images folder not found: {root}")
+    prompt_dirs = sorted((p for p in root.iterdir() if p.is_dir() and p.name.isdigit()),
+                         key=lambda p: int(p.name))
+    if not prompt_dirs:
+        raise _geneval_layout_error(root, "no numbered prompt folders")
+    items: list[GenEvalPrompt] = []
+    for d in prompt_dirs:
+        meta_path = d / "metadata.jsonl"
+        if not meta_path.is_file():
+            raise _geneval_layout_error(root, f"{meta_path} is missing")
+        text = meta_path.read_text(encoding="utf-8").strip()
+        try:
+            # Official writer uses json.dump (one object, maybe no newline); a JSONL line is the same thing.
+            metadata = json.loads(text.splitlines()[0] if text else "")
+            validate_geneval_row(metadata)
+        except (json.JSONDecodeError, ValueError, IndexError) as e:
+            raise ValueError(f"{meta_path}: invalid GenEval metadata ({e})") from None
+        sample_dir = d / "samples"
+        pngs = sorted(((int(m.group(1)), p) for p in (sample_dir.iterdir() if sample_dir.is_dir() else [])
+                       if (m := _DIGITS_PNG.match(p.name)) and p.is_file()), key=lambda t: t[0])
+        if not pngs:
+            raise _geneval_layout_error(root, f"no samples/<number>.png in {d}")
+        items.append(GenEvalPrompt(int(d.name), metadata, tuple(p for _, p in pngs)))
+    return items
+
+
+# ---------------------------------------------------------------- T2I-CompBench
+
+def t2i_sample_path(out: str | Path, prompt: str, idx: int) -> Path:
+    if "/" in prompt or "\0" in prompt or os.sep in prompt:
+        raise ValueError(f"prompt cannot be a T2I-CompBench file name (contains a path separator): {prompt!r}")
+    return Path(out) / "samples" / f"{prompt}_{idx:06d}.png"
+
+
+def write_t2i_sample(out: str | Path, prompt: str, idx: int, image: torch.Tensor | Image.Image) -> Path:
+    return save_png(image, t2i_sample_path(out, prompt, idx))
+
+
+@dataclass(frozen=True)
+class T2ISample:
+    idx: int
+    prompt: str
+    path: Path
+
+
+def scan_t2i_compbench(images_dir: str | Path) -> list[T2ISample]:
+    """Read back OUT/samples/{prompt}_{idx:06}.png (or the samples folder itself), sorted by idx.
+
+    The prompt is everything before the last '_' (the official scripts split at the
+    first '_', which is the same for every official prompt: none contains '_').
+    """
+    root = Path(images_dir)
+    if not root.is_dir():
+        raise ValueError(f"images folder not found: {root}")
+    sample_dir = root / "samples" if (root / "samples").is_dir() else root
+    samples: dict[int, T2ISample] = {}
+    for p in sample_dir.iterdir():
+        if not p.is_file() or p.suffix.lower() != ".png":
+            continue
+        m = _T2I_PNG.match(p.name)
+        if not m:
+            raise ValueError(f"images folder is not in T2I-CompBench layout: {p.name} does not match "
+                             f"samples/{{prompt}}_{{idx:06}}.png")
+        idx = int(m.group(2))
+        if idx in samples:
+            raise ValueError(f"images folder has two images with index {idx}: {samples[idx].path.name} "
+                             f"and {p.name}")
+        samples[idx] = T2ISample(idx, m.group(1), p)
+    if not samples:
+        raise ValueError(f"images folder is not in T2I-CompBench layout: expected samples/{{prompt}}_"
+                         f"{{idx:06}}.png under {root}")
+    return [samples[i] for i in sorted(samples)]
