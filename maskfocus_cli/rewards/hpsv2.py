@@ -19,6 +19,7 @@ architecture is created empty (``pretrained=None``) and the checkpoint fills it.
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 from typing import Sequence
@@ -31,6 +32,13 @@ from maskfocus_cli.rewards.openclip_common import (
 
 WEIGHTS_HELP = ("download HPS_v2.1_compressed.pt from https://huggingface.co/xswu/HPSv2 and set the "
                 "reward option weights=/path/to/HPS_v2.1_compressed.pt (recipe: rewards[].options.weights)")
+
+
+class _NoRandomInitWarning(logging.Filter):
+    """open_clip warns "initialized randomly" for pretrained=None; here the checkpoint follows."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "initialized randomly" not in record.getMessage()
 
 
 class HPSv2Reward:
@@ -50,7 +58,12 @@ class HPSv2Reward:
         dtype = check_precision(precision)
         check_arch(arch)
         self.device = resolve_device(device)
-        net = open_clip.create_model(arch, pretrained=None, precision=precision, device=self.device)
+        quiet = _NoRandomInitWarning()
+        logging.getLogger().addFilter(quiet)
+        try:
+            net = open_clip.create_model(arch, pretrained=None, precision=precision, device=self.device)
+        finally:
+            logging.getLogger().removeFilter(quiet)
         try:
             open_clip.load_checkpoint(net, weights, strict=True, weights_only=weights_only)
         except pickle.UnpicklingError as e:

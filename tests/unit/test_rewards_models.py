@@ -172,3 +172,16 @@ def test_pickscore_path_errors(tiny_pickscore, tmp_path):
         make_reward("pickscore", path=str(tmp_path / "nope"))
     with pytest.raises(ValueError, match="CLIP-ViT-H-14-laion2B"):
         make_reward("pickscore", path=str(d), processor=str(tmp_path))
+
+
+def test_hpsv2_refuses_pickled_objects_unless_trusted(tiny_open_clip, tmp_path):
+    import argparse
+
+    model, _ = tiny_open_clip
+    path = tmp_path / "with_args.pt"
+    torch.save({"state_dict": model.state_dict(), "args": argparse.Namespace(lr=1e-5)}, path)
+    with pytest.raises(ValueError, match="weights_only=false"):
+        make_reward("hpsv2", weights=str(path), arch=ARCH, device="cpu")
+    r = make_reward("hpsv2", weights=str(path), arch=ARCH, device="cpu", weights_only=False)
+    x = images()
+    assert torch.allclose(r(x, PROMPTS, [None] * 4), reference_cos(model, x, PROMPTS), atol=1e-5)
