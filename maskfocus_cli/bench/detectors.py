@@ -149,11 +149,9 @@ class Mask2FormerDetector:
     def __init__(self, path_or_id: str | os.PathLike = DEFAULT_MASK2FORMER, device: str | torch.device = "cpu",
                  score_threshold: float = 0.3, max_per_class: int = 16, batch_size: int = 4,
                  color_classifier: ClipColorClassifier | None = None, option: str = "--detector"):
-        try:
-            from transformers import AutoImageProcessor, Mask2FormerForUniversalSegmentation
-        except ImportError as e:  # pragma: no cover - transformers is a dependency
-            raise ValueError(f"Mask2Former needs transformers: {e}") from e
-        source, _ = resolve_weights(path_or_id, "Mask2Former", option)
+        source, _ = resolve_weights(path_or_id, "Mask2Former", option)  # before the slow import: fail fast
+        from transformers import AutoImageProcessor, Mask2FormerForUniversalSegmentation
+
         try:
             self.processor = AutoImageProcessor.from_pretrained(source)
             self.model = Mask2FormerForUniversalSegmentation.from_pretrained(source)
@@ -222,8 +220,6 @@ def load_open_clip(model: str | os.PathLike, pretrained: str | os.PathLike | Non
     file, or a tag like 'openai' when online), a local folder holding
     open_clip_config.json + weights, or a 'local-dir:'/'hf-hub:' spec.
     """
-    import open_clip
-
     spec = str(model)
     if Path(spec).expanduser().is_dir():
         spec = "local-dir:" + str(Path(spec).expanduser())
@@ -240,6 +236,8 @@ def load_open_clip(model: str | os.PathLike, pretrained: str | os.PathLike | Non
         elif hub_offline() or any(c in str(pretrained) for c in "/\\."):
             raise ValueError(f"CLIP weights '{pretrained}' not found locally; pass {option} with a checkpoint "
                              f"file (pretrained tags such as 'openai' download and need the network)")
+    import open_clip  # after the checks above: a missing-weights error should not wait for this import
+
     try:
         net, _, preprocess = open_clip.create_model_and_transforms(
             spec, pretrained=None if spec.startswith(("local-dir:", "hf-hub:")) else str(pretrained),

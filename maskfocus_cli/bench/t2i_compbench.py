@@ -288,7 +288,8 @@ def spatial_formula(relation: str | None, det1: Detection | None, det2: Detectio
     return 0.0 if score < 0.5 else score
 
 
-def spatial_objects(prompt: str, relation: str, vocab: Iterable[str]) -> tuple[str | None, str | None]:
+def spatial_objects(prompt: str, relation: str,
+                    vocab: Iterable[str] = GENEVAL_CLASSES) -> tuple[str | None, str | None]:
     """Classes of the noun phrases right before and right after the relation phrase."""
     text = " ".join(_tokens(prompt))
     rel = "on top of" if relation == "on the top of" and "on the top of" not in text else relation
@@ -423,9 +424,9 @@ class BlipVqa:
 
     def __init__(self, path_or_id: str | os.PathLike = DEFAULT_BLIP_VQA, device: str | torch.device = "cpu",
                  batch_size: int = 16, option: str = "--blip"):
+        source, _ = resolve_weights(path_or_id, "BLIP-VQA", option)  # before the slow import: fail fast
         from transformers import AutoProcessor, BlipForQuestionAnswering
 
-        source, _ = resolve_weights(path_or_id, "BLIP-VQA", option)
         try:
             self.processor = AutoProcessor.from_pretrained(source)
             self.model = BlipForQuestionAnswering.from_pretrained(source)
