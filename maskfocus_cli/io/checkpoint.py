@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorsError
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -69,7 +69,7 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"weights file not found: {path}")
     try:
         return load_file(str(path))
-    except (SafetensorsError, OSError, RuntimeError, ValueError) as e:
+    except (SafetensorError, OSError, RuntimeError, ValueError) as e:
         raise CheckpointError(f"{path} is not a readable safetensors file ({str(e).splitlines()[0]}); "
                               "re-export it or point to another checkpoint") from None
 

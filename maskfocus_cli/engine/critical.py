@@ -1,0 +1,211 @@
+"""Critical-step selection (MaskFocus, DESIGN §3.2).
+
+Step-level information gain: embed x̂0_t (the model's full-image guess at step t)
+and the final grid, s_t = cos(e_t, e_final), g_t = |s_{t+1} − s_t| with s_T = 1
+(x̂0 of the last step *is* the final grid, so the last gain is 0). The steps whose
+decisions move the guess most are the critical ones. Embedders and selectors
+are strategy objects behind one small interface each, so ablations are new
+objects, not flags.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+
+from maskfocus_cli.engine.sampling import Trajectory
+from maskfocus_cli.models.base import MaskedT2IAdapter
+
+
+# --------------------------------------------------------------------------- embedders
+class StepEmbedder(Protocol):
+    """(M, N) token grids → (M, D) vectors whose cosine measures image similarity."""
+
+    def __call__(self, tokens: torch.Tensor) -> torch.Tensor: ...
+
+
+class CodebookEmbedder:
+    """VQ codebook entries of the grid (the official choice): no decode, no extra model."""
+
+    def __init__(self, adapter: MaskedT2IAdapter) -> None:
+        self.adapter = adapter
+
+    @torch.no_grad()
+    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.adapter.code_embeddings(tokens).flatten(1).float()
+
+
+class PixelEmbedder:
+    """Decoded pixels (centred per image so cosine tracks structure, not brightness)."""
+
+    def __init__(self, adapter: MaskedT2IAdapter) -> None:
+        self.adapter = adapter
+
+    @torch.no_grad()
+    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
+        px = self.adapter.decode(tokens).flatten(1).float()
+        return px - px.mean(1, keepdim=True)
+
+
+class ClipEmbedder:
+    """Decoded images embedded by an open_clip image tower (weights from a local file)."""
+
+    def __init__(self, adapter: MaskedT2IAdapter, model: str = "ViT-B-32", weights: str | None = None,
+                 clip_model=None, batch_size: int = 64) -> None:
+        self.adapter = adapter
+        self.batch_size = batch_size
+        if clip_model is None:
+            if weights is None:
+                raise ValueError("--embed clip needs open_clip weights: pass --clip-weights PATH (a local "
+                                 f"open_clip checkpoint for {model}, e.g. open_clip_pytorch_model.bin), "
+                                 "or use --embed codebook")
+            import open_clip
+            from pathlib import Path
+            if not Path(weights).is_file():
+                raise ValueError(f"--clip-weights {weights}: file not found")
+            clip_model = open_clip.create_model(model, pretrained=weights)
+        self.clip = clip_model.eval()
+        size = getattr(self.clip.visual, "image_size", 224)
+        self.size = size if isinstance(size, int) else size[0]
+        self.mean = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
+        self.std = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
+
+    @torch.no_grad()
+    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
+        out = []
+        for i in range(0, tokens.shape[0], self.batch_size):
+            img = self.adapter.decode(tokens[i:i + self.batch_size]).float()
+            img = F.interpolate(img, size=(self.size, self.size), mode="bicubic", align_corners=False)
+            out.append(self.clip.encode_image((img - self.mean) / self.std).float())
+        return torch.cat(out)
+
+
+def make_embedder(name: str, adapter: MaskedT2IAdapter, clip_model: str = "ViT-B-32",
+                  clip_weights: str | None = None) -> StepEmbedder:
+    if name == "codebook":
+        return CodebookEmbedder(adapter)
+    if name == "pixels":
+        return PixelEmbedder(adapter)
+    if name == "clip":
+        return ClipEmbedder(adapter, clip_model, clip_weights)
+    raise ValueError(f"unknown embedder {name!r}: use codebook, pixels or clip")
+
+
+# --------------------------------------------------------------------------- information gain
+def step_similarity(x0: torch.Tensor, final: torch.Tensor, embed: StepEmbedder) -> torch.Tensor:
+    """(T, B, N) x̂0 per step + (B, N) final grid → (B, T) cosine similarity s_t."""
+    t, b, n = x0.shape
+    e = embed(torch.cat([x0.reshape(t * b, n), final]))
+    e_steps, e_final = e[:t * b].view(t, b, -1), e[t * b:]
+    return F.cosine_similarity(e_steps, e_final.unsqueeze(0), dim=-1).transpose(0, 1)
+
+
+def information_gain(similarity: torch.Tensor) -> torch.Tensor:
+    """s (…, T) → g (…, T) with g_t = |s_{t+1} − s_t| and s_T = 1."""
+    ones = torch.ones_like(similarity[..., :1])
+    return (torch.cat([similarity[..., 1:], ones], -1) - similarity).abs()
+
+
+def trajectory_gain(traj: Trajectory, embed: StepEmbedder) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample similarity and gain, both (B, T)."""
+    s = step_similarity(traj.x0, traj.final, embed)
+    return s, information_gain(s)
+
+
+# --------------------------------------------------------------------------- selectors
+class StepSelector(Protocol):
+    """Chooses which of T steps get the policy update; returns sorted step indices."""
+
+    needs_gain: bool
+
+    def select(self, total: int, k: int, gain: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
+        """gain: (T,) for one shared set (or None when not needed) → (k',) sorted long."""
+        ...
+
+
+def _check_k(total: int, k: int) -> int:
+    if k < 1:
+        raise ValueError(f"k must be at least 1 (got {k})")
+    if k > total:
+        raise ValueError(f"cannot pick {k} critical steps out of {total} sampling steps: lower --top-k / "
+                         f"critical.k or raise the step count")
+    return k
+
+
+class InfoGainSelector:
+    """MaskFocus: top-k gain; ties go to the earlier step (stable sort)."""
+
+    needs_gain = True
+
+    def select(self, total, k, gain, generator):
+        _check_k(total, k)
+        order = torch.sort(gain.float(), descending=True, stable=True).indices
+        return order[:k].sort().values
+
+
+class RandomSelector:
+    needs_gain = False
+
+    def select(self, total, k, gain, generator):
+        _check_k(total, k)
+        return torch.randperm(total, generator=generator)[:k].sort().values
+
+
+class UniformSelector:
+    """k evenly spaced steps: the centres of k equal bins of [0, T)."""
+
+    needs_gain = False
+
+    def select(self, total, k, gain, generator):
+        _check_k(total, k)
+        return ((torch.arange(k, dtype=torch.float64) + 0.5) * total / k).floor().long()
+
+
+class FirstSelector:
+    needs_gain = False
+
+    def select(self, total, k, gain, generator):
+        return torch.arange(_check_k(total, k))
+
+
+class LastSelector:
+    needs_gain = False
+
+    def select(self, total, k, gain, generator):
+        return torch.arange(total - _check_k(total, k), total)
+
+
+class AllSelector:
+    needs_gain = False
+
+    def select(self, total, k, gain, generator):
+        return torch.arange(total)
+
+
+SELECTORS = {"info-gain": InfoGainSelector, "random": RandomSelector, "uniform": UniformSelector,
+             "first": FirstSelector, "last": LastSelector, "all": AllSelector}
+
+
+def make_selector(name: str) -> StepSelector:
+    if name not in SELECTORS:
+        raise ValueError(f"unknown step selector {name!r}: use one of {', '.join(SELECTORS)}")
+    return SELECTORS[name]()
+
+
+def select_steps(selector: StepSelector, total: int, k: int, gain: torch.Tensor | None, reduction: str,
+                 generator: torch.Generator) -> torch.Tensor:
+    """Apply a selector with a reduction.
+
+    batch:  one shared step set from the batch-mean gain → (k,)
+    sample: a step set per image → (B, k)
+    """
+    if reduction == "batch":
+        g = gain.mean(0) if gain is not None else None
+        return selector.select(total, k, g, generator)
+    if reduction == "sample":
+        if gain is None:
+            raise ValueError("reduction 'sample' needs per-sample gains")
+        return torch.stack([selector.select(total, k, g, generator) for g in gain])
+    raise ValueError(f"unknown reduction {reduction!r}: use batch or sample")

@@ -1,0 +1,140 @@
+"""GRPO core: group advantages and the two policy-loss estimators (DESIGN §3.4).
+
+Pure tensor functions plus one model call each. Each estimator scores ONE step for
+ONE micro-batch and returns a loss *sum over samples* (the trainer divides by the
+global sample count and calls backward per step, so memory never grows with T).
+
+* ``maskfocus_step_loss``: final grid, re-masked at random with step t's mask count,
+  scored at step t's timestep over all masked tokens; per-token ratio, clipped
+  surrogate, k3 KL to a frozen reference.
+* ``mask_grpo_step_loss``: replays the recorded state s_t; log π(s_{t+1}|s_t) is the
+  sum over newly-unmasked tokens (+ optionally the log-mass below the step's
+  confidence cut-off for the tokens that stayed masked); per-step ratio with an
+  asymmetric clip; no KL.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from maskfocus_cli.engine.sampling import SamplerSettings, step_log_probs
+from maskfocus_cli.models.base import Cond, MaskedT2IAdapter, StepInfo
+
+
+# --------------------------------------------------------------------------- advantages
+@dataclass
+class Advantages:
+    values: torch.Tensor  #: (M,) normalised advantages (0 where dropped)
+    keep: torch.Tensor  #: (M,) bool: valid reward and in a group with signal
+    zero_std_groups: int  #: groups dropped because every reward was equal
+    groups: int
+
+
+def group_advantages(rewards: torch.Tensor, valid: torch.Tensor, group_size: int,
+                     eps: float = 1e-4) -> Advantages:
+    """A_i = (r_i − mean_g) / (std_g + eps) within each group of ``group_size`` consecutive samples.
+
+    Invalid rewards (NaN/inf) are left out of their group's statistics and dropped;
+    groups whose valid rewards are all equal (or with fewer than 2) carry no signal
+    and are dropped whole.
+    """
+    if group_size < 2:
+        raise ValueError("group_size must be at least 2: GRPO compares images of the same prompt "
+                         "(set train.group_size >= 2)")
+    if rewards.numel() % group_size:
+        raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}")
+    r = torch.where(valid, rewards, torch.zeros_like(rewards)).view(-1, group_size).double()
+    v = valid.view(-1, group_size)
+    n = v.sum(1, keepdim=True).clamp_min(1)
+    mean = (r * v).sum(1, keepdim=True) / n
+    var = (((r - mean) ** 2) * v).sum(1, keepdim=True) / n
+    std = var.sqrt()
+    signal = (v.sum(1, keepdim=True) >= 2) & (std > 1e-12)
+    adv = torch.where(v & signal, (r - mean) / (std + eps), torch.zeros_like(r))
+    zero = int(((std <= 1e-12) & (v.sum(1, keepdim=True) >= 2)).sum())
+    return Advantages(values=adv.view(-1).float(), keep=(v & signal).view(-1), zero_std_groups=zero,
+                      groups=r.shape[0])
+
+
+# --------------------------------------------------------------------------- pieces
+def clipped_surrogate(ratio: torch.Tensor, adv: torch.Tensor, clip_low: float, clip_high: float) -> torch.Tensor:
+    """PPO loss per element: −min(ρA, clip(ρ, 1−ε_low, 1+ε_high)A)."""
+    clipped = ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
+    return -torch.minimum(ratio * adv, clipped * adv)
+
+
+def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """Schulman's k3 estimator, exp(ref − logp) − (ref − logp) − 1 ≥ 0, zero iff equal."""
+    d = ref_logp - logp
+    return torch.exp(d) - d - 1.0
+
+
+def random_remask(final: torch.Tensor, count: int, generators: list[torch.Generator]) -> torch.Tensor:
+    """(B, N) bool: ``count`` random positions per sample, from each sample's own generator."""
+    b, n = final.shape
+    keys = torch.stack([torch.rand(n, generator=g) for g in generators])
+    idx = keys.argsort(dim=1)[:, :count]
+    mask = torch.zeros(b, n, dtype=torch.bool)
+    mask.scatter_(1, idx, True)
+    return mask.to(final.device)
+
+
+@dataclass
+class StepLoss:
+    loss_sum: torch.Tensor  #: differentiable sum over samples of the per-sample loss
+    logp: torch.Tensor  #: detached log-probs used as π_old in later epochs
+    kl_sum: float  #: sum over samples of mean-token KL
+    clip_count: float  #: number of clipped elements
+    elements: float  #: number of ratio elements
+
+
+def maskfocus_step_loss(adapter: MaskedT2IAdapter, net: nn.Module, ref_net: nn.Module | None,
+                        final: torch.Tensor, masked: torch.Tensor, cond: Cond, uncond: Cond | None,
+                        step: StepInfo, adv: torch.Tensor, settings: SamplerSettings,
+                        old_logp: torch.Tensor | None = None, kl_beta: float = 0.01,
+                        clip_low: float = 0.2, clip_high: float = 0.2) -> StepLoss:
+    """MaskFocus estimator for one critical step (official code's formulation)."""
+    inp = torch.where(masked, torch.full_like(final, adapter.mask_id), final)
+    logp_all = step_log_probs(adapter, inp, cond, uncond, step, settings, net=net)
+    logp = logp_all.gather(-1, final.unsqueeze(-1)).squeeze(-1)
+    old = logp.detach() if old_logp is None else old_logp
+    ratio = torch.exp(logp - old)
+    per_tok = clipped_surrogate(ratio, adv[:, None], clip_low, clip_high)
+    m = masked.float()
+    kl_sum = 0.0
+    if kl_beta > 0 and ref_net is not None:
+        with torch.no_grad():
+            ref = step_log_probs(adapter, inp, cond, uncond, step, settings, net=ref_net)
+            ref = ref.gather(-1, final.unsqueeze(-1)).squeeze(-1)
+        kl = k3_kl(logp, ref)
+        per_tok = per_tok + kl_beta * kl
+        kl_sum = float(((kl.detach() * m).sum(1) / m.sum(1).clamp_min(1)).sum())
+    per_sample = (per_tok * m).sum(1) / m.sum(1).clamp_min(1)
+    clipped = ((ratio < 1 - clip_low) | (ratio > 1 + clip_high)) & masked
+    return StepLoss(per_sample.sum(), logp.detach(), kl_sum, float(clipped.sum()), float(m.sum()))
+
+
+def mask_grpo_step_loss(adapter: MaskedT2IAdapter, net: nn.Module, state: torch.Tensor, next_state: torch.Tensor,
+                        x0: torch.Tensor, newly: torch.Tensor, threshold: torch.Tensor, cond: Cond,
+                        uncond: Cond | None, step: StepInfo, adv: torch.Tensor, settings: SamplerSettings,
+                        old_logp: torch.Tensor | None = None, temperature: torch.Tensor | None = None,
+                        remask_term: bool = False, clip_low: float = 0.1, clip_high: float = 0.2) -> StepLoss:
+    """Mask-GRPO estimator for one replayed step: log π(s_{t+1} | s_t) per sample."""
+    logp_all = step_log_probs(adapter, state, cond, uncond, step, settings, net=net, temperature=temperature)
+    tok = logp_all.gather(-1, x0.unsqueeze(-1)).squeeze(-1)
+    lp = (tok * newly).sum(1)
+    if remask_term:
+        # tokens that stayed masked: log P(their confidence falls below the step's cut-off),
+        # with the cut-off stored as a float (the published code kept it in a bool tensor).
+        stayed = (state == adapter.mask_id) & (next_state == adapter.mask_id)
+        below = (logp_all < threshold[:, None, None]).float()
+        mass = (logp_all.exp() * below).sum(-1).clamp_min(1e-12).log()
+        lp = lp + (mass * stayed).sum(1)
+    old = lp.detach() if old_logp is None else old_logp
+    ratio = torch.exp(lp - old)
+    per_sample = clipped_surrogate(ratio, adv, clip_low, clip_high)
+    clipped = (ratio < 1 - clip_low) | (ratio > 1 + clip_high)
+    return StepLoss(per_sample.sum(), lp.detach(), 0.0, float(clipped.sum()), float(ratio.numel()))

@@ -1,0 +1,71 @@
+"""Supervised pretraining of the built-in model (algorithm ``pretrain``).
+
+Masked-token cross-entropy on rendered shapes scenes: draw GenEval-style metadata,
+render a scene that satisfies it, tokenize, mask a cosine-distributed fraction of
+tokens, predict them. Prompts are dropped (→ "") with ``prompt_dropout`` so the
+model learns the unconditional branch that classifier-free guidance needs.
+
+The tag mix is deliberately uneven (``TAG_MIX``): counting and position get less
+data, like web data under-covers them, so the shipped base leaves the headroom
+RL is meant to fix (cf. Show-o's 0.31 on GenEval position).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+
+import torch
+import torch.nn.functional as F
+
+from maskfocus_cli.models.shapes import ShapesAdapter
+
+#: relative share of each GenEval tag in the pretraining prompts
+TAG_MIX = {"single_object": 3.0, "two_object": 3.0, "colors": 3.0, "color_attr": 2.0,
+           "counting": 1.0, "position": 0.5}
+
+
+class SceneStream:
+    """Deterministic stream of (prompt, token grid) pairs for iteration ``it``."""
+
+    def __init__(self, adapter: ShapesAdapter, seed: int, tag_mix: dict[str, float] | None = None) -> None:
+        from maskfocus_cli.shapes import world
+        self.adapter = adapter
+        self.seed = seed
+        mix = tag_mix or TAG_MIX
+        self.rows = {t: world.all_prompts("train", [t]) for t in mix}
+        self.tags = list(mix)
+        self.weights = [mix[t] for t in self.tags]
+
+    def batch(self, it: int, size: int, prompt_dropout: float) -> tuple[list[str], torch.Tensor]:
+        from maskfocus_cli.shapes import world
+        from maskfocus_cli.shapes.render import render_batch
+        rng = random.Random(f"{self.seed}:{it}")
+        prompts, scenes = [], []
+        for _ in range(size):
+            tag = rng.choices(self.tags, self.weights)[0]
+            meta = rng.choice(self.rows[tag])
+            scenes.append(world.scene_for(meta, rng))
+            prompts.append("" if rng.random() < prompt_dropout else meta["prompt"])
+        tokens = self.adapter.tokenizer.encode(render_batch(scenes))
+        return prompts, tokens
+
+
+def masked_ce_loss(adapter: ShapesAdapter, net: torch.nn.Module, prompts: list[str], tokens: torch.Tensor,
+                   generator: torch.Generator) -> tuple[torch.Tensor, float]:
+    """Cross-entropy on a cosine-distributed random subset of positions (MaskGIT training)."""
+    b, n = tokens.shape
+    u = torch.rand(b, generator=generator)
+    ratio = torch.cos(math.pi / 2 * u)
+    count = (ratio * n).ceil().clamp(1, n).long()
+    keys = torch.rand(b, n, generator=generator)
+    ranks = keys.argsort(1).argsort(1)
+    masked = ranks < count[:, None]
+    tokens = tokens.to(adapter.device)
+    masked = masked.to(adapter.device)
+    inp = torch.where(masked, torch.full_like(tokens, adapter.mask_id), tokens)
+    cond = adapter.encode_prompts(prompts)
+    logits = net(inp, cond["text_ids"])
+    loss = F.cross_entropy(logits[masked], tokens[masked])
+    acc = float((logits[masked].argmax(-1) == tokens[masked]).float().mean())
+    return loss, acc

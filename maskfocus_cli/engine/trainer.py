@@ -1,0 +1,510 @@
+"""The training loop: rollouts → rewards → group advantages → critical steps → loss → step.
+
+Explicit and readable on purpose (not a transformers ``Trainer`` subclass). All
+randomness is a pure function of (seed, iteration, global sample index), so a
+resumed run repeats the uninterrupted one bit for bit and a 2-rank run sees the
+same samples as a 1-rank run with the same global batch.
+
+Distributed runs go through accelerate: the loss is computed through the
+*prepared* model, so DDP all-reduces gradients (the published code bypassed it).
+Each prompt's G images are spread over ranks (k-repeat), rewards are gathered so
+every rank normalises advantages over the whole group.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import random
+import shutil
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from maskfocus_cli.config import Recipe, to_dict
+from maskfocus_cli.engine.critical import make_embedder, make_selector, select_steps, trajectory_gain
+from maskfocus_cli.engine.grpo import group_advantages, mask_grpo_step_loss, maskfocus_step_loss, random_remask
+from maskfocus_cli.engine.routing import make_router
+from maskfocus_cli.engine.sampling import (PromptEncoder, SamplerSettings, Trajectory, make_generators, sample,
+                                           step_info)
+from maskfocus_cli.io.checkpoint import CheckpointError, atomic_dir, atomic_write_json, read_json, save_weights
+from maskfocus_cli.models.base import MaskedT2IAdapter, index_cond
+
+
+def derive_seed(*parts) -> int:
+    """A 63-bit seed from any parts (stable across processes and Python versions)."""
+    h = hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(h, "little") & ((1 << 63) - 1)
+
+
+def sampler_settings(cfg) -> SamplerSettings:
+    return SamplerSettings(steps=cfg.steps, guidance_scale=cfg.guidance_scale, schedule=cfg.schedule,
+                           logit_temperature=cfg.logit_temperature, gumbel_temperature=cfg.gumbel_temperature)
+
+
+def lr_factor(it: int, warmup: int, total: int, schedule: str) -> float:
+    """Warm-up then constant or cosine-to-zero multiplier for iteration ``it``."""
+    if warmup and it < warmup:
+        return (it + 1) / warmup
+    if schedule == "cosine":
+        span = max(1, total - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (it - warmup) / span)))
+    return 1.0
+
+
+# --------------------------------------------------------------------------- checkpoints
+def checkpoint_dirs(run_dir: Path) -> list[Path]:
+    root = run_dir / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-")
+             and p.name[5:].isdigit() and (p / "trainer.json").is_file()]
+    return sorted(found, key=lambda p: int(p.name[5:]))
+
+
+def find_resume(run_dir: Path, resume: str | None) -> Path | None:
+    """--resume latest|PATH → checkpoint folder (None = fresh run)."""
+    if resume is None:
+        return None
+    if resume == "latest":
+        found = checkpoint_dirs(run_dir)
+        return found[-1] if found else None
+    p = Path(resume)
+    if not (p / "trainer.json").is_file():
+        raise CheckpointError(f"--resume {resume}: not a training checkpoint (no trainer.json inside); "
+                              "use --resume latest or a runs/NAME/checkpoints/step-N folder")
+    return p
+
+
+@dataclass
+class RunState:
+    iteration: int = 0  #: iterations completed
+    history: list[dict] = field(default_factory=list)  #: metrics rows so far
+
+
+# --------------------------------------------------------------------------- the trainer
+class Trainer:
+    """Builds everything a recipe asks for and runs the loop."""
+
+    def __init__(self, recipe: Recipe, *, accelerator=None, log: Callable[[str], None] | None = None,
+                 adapter: MaskedT2IAdapter | None = None, reward_fn=None) -> None:
+        from accelerate import Accelerator
+        from accelerate.utils import set_seed  # noqa: F401  (accelerate initialises its state here)
+
+        self.recipe = recipe
+        self.cfg = recipe.train
+        self.log = log or (lambda msg: None)
+        self.acc = accelerator or Accelerator(mixed_precision=self.cfg.mixed_precision,
+                                              cpu=not torch.cuda.is_available())
+        self.run_dir = Path(recipe.output.dir)
+        if self.cfg.algorithm != "pretrain":
+            if self.cfg.group_size < 2:
+                raise ValueError("train.group_size must be at least 2: GRPO compares images of the same prompt")
+            total = self.cfg.prompts_per_iter * self.cfg.group_size
+            if total % self.acc.num_processes:
+                raise ValueError(f"prompts_per_iter × group_size = {total} images must split evenly over "
+                                 f"{self.acc.num_processes} processes")
+        self.adapter = adapter or self._load_adapter()
+        self.policy = self.adapter.transformer
+        self.policy.requires_grad_(True)
+        self.policy.train()
+        self.reference = None
+        if self.cfg.algorithm == "maskfocus" and self.cfg.kl_beta > 0:
+            self.reference = copy.deepcopy(self.policy).requires_grad_(False).eval()
+        params = [p for p in self.policy.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=self.cfg.lr, betas=tuple(self.cfg.betas),
+                                           weight_decay=self.cfg.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda it: lr_factor(it, self.cfg.warmup, self.cfg.iterations, self.cfg.lr_schedule))
+        self.net, self.optimizer = self.acc.prepare(self.policy, self.optimizer)
+        self.settings = sampler_settings(recipe.sampler)
+        self.eval_settings = sampler_settings(recipe.eval_sampler or recipe.sampler)
+        self.encoder = PromptEncoder(self.adapter)
+        self.state = RunState()
+        if self.cfg.algorithm != "pretrain":
+            from maskfocus_cli.engine.data import load_prompt_source
+            self.prompts = load_prompt_source(recipe.data.prompts)
+            self.reward = reward_fn or self._build_reward()
+            self.router = make_router(recipe.routing.enabled, recipe.routing.scale, recipe.routing.decay,
+                                      recipe.routing.floor)
+            self.selector = make_selector(recipe.critical.selector)
+            if self.cfg.algorithm == "maskfocus":
+                k = self.recipe.critical.k
+                if recipe.critical.selector != "all" and k > self.settings.steps:
+                    raise ValueError(f"critical.k = {k} is larger than sampler.steps = {self.settings.steps}")
+            self.embedder = None
+            if self.cfg.algorithm == "maskfocus" and self.selector.needs_gain:
+                self.embedder = make_embedder(recipe.critical.embed, self.adapter, recipe.critical.clip_model,
+                                              recipe.critical.clip_weights)
+        else:
+            from maskfocus_cli.engine.pretrain import SceneStream
+            self.stream = SceneStream(self.adapter, self.cfg.seed)
+
+    # ------------------------------------------------------------------ set-up helpers
+    def _load_adapter(self) -> MaskedT2IAdapter:
+        from maskfocus_cli.models.loading import load_model
+        m = self.recipe.model
+        if self.cfg.algorithm == "pretrain" and m.checkpoint is None:
+            if not m.spec.startswith("shapes"):
+                raise ValueError("algorithm 'pretrain' trains the built-in shapes model only (model.spec: shapes)")
+            from maskfocus_cli.models.shapes import new_shapes_model
+            torch.manual_seed(self.cfg.seed)
+            adapter = new_shapes_model()
+            adapter.transformer.to(self.acc.device)
+            return adapter
+        device = "cuda" if self.acc.device.type == "cuda" else "cpu"
+        return load_model(m.spec, m.checkpoint, device, m.dtype)
+
+    def _build_reward(self):
+        from maskfocus_cli.rewards.composite import CompositeReward, RewardSpec
+        if not self.recipe.rewards:
+            raise ValueError("the recipe has no rewards: add e.g. `rewards: [{name: shapes-geneval}]`")
+        specs = [RewardSpec(name=r.name, weight=r.weight, options=dict(r.options)) for r in self.recipe.rewards]
+        return CompositeReward(specs)
+
+    # ------------------------------------------------------------------ persistence
+    def save_checkpoint(self) -> Path:
+        it = self.state.iteration
+        final = self.run_dir / "checkpoints" / f"step-{it}"
+        policy = self.acc.unwrap_model(self.net)
+
+        def fill(tmp: Path) -> None:
+            if hasattr(self.adapter, "save") and self.adapter.family == "shapes":
+                self.adapter.save(tmp)  # a complete model folder: --model shapes:CKPT works
+            else:
+                save_weights(policy.state_dict(), tmp / "model.safetensors")
+            torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()},
+                       tmp / "training_state.pt")
+            atomic_write_json(tmp / "trainer.json", {
+                "iteration": it, "algorithm": self.cfg.algorithm, "model": self.recipe.model.spec,
+                "recipe": to_dict(self.recipe), "last_metrics": self.state.history[-1] if self.state.history else {}})
+
+        if self.acc.is_main_process:
+            atomic_dir(final, fill)
+            for old in checkpoint_dirs(self.run_dir)[:-self.recipe.output.keep_last]:
+                shutil.rmtree(old, ignore_errors=True)
+        self.acc.wait_for_everyone()
+        return final
+
+    def load_checkpoint(self, path: Path) -> None:
+        from maskfocus_cli.io.checkpoint import load_weights
+        info = read_json(path / "trainer.json")
+        load_weights(self.acc.unwrap_model(self.net), path / "model.safetensors")
+        try:
+            st = torch.load(path / "training_state.pt", map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - any unreadable state is the same user problem
+            raise CheckpointError(f"{path}/training_state.pt is unreadable ({type(e).__name__}); "
+                                  "resume from an earlier checkpoint") from None
+        self.optimizer.load_state_dict(st["optimizer"])
+        self.scheduler.load_state_dict(st["scheduler"])
+        self.state.iteration = int(info["iteration"])
+        metrics = self.run_dir / "metrics.jsonl"
+        rows = []
+        if metrics.is_file():
+            rows = [json.loads(l) for l in metrics.read_text().splitlines() if l.strip()]
+        self.state.history = [r for r in rows if r.get("iteration", 0) < self.state.iteration]
+        if self.acc.is_main_process:
+            metrics.write_text("".join(json.dumps(r) + "\n" for r in self.state.history))
+        self.acc.wait_for_everyone()
+
+    def _append_metrics(self, row: dict) -> None:
+        self.state.history.append(row)
+        if self.acc.is_main_process:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            with open(self.run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+    # ------------------------------------------------------------------ the loop
+    def run(self, resume: str | None = None, stop_after: int | None = None,
+            on_iteration: Callable[[dict], None] | None = None) -> list[dict]:
+        """Train until ``train.iterations`` (or ``stop_after`` more iterations); returns metrics rows."""
+        ckpt = find_resume(self.run_dir, resume)
+        if ckpt is not None:
+            self.load_checkpoint(ckpt)
+            self.log(f"resumed from {ckpt} at iteration {self.state.iteration}")
+        elif self.acc.is_main_process and (self.run_dir / "metrics.jsonl").exists():
+            (self.run_dir / "metrics.jsonl").unlink()
+        if self.acc.is_main_process:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(self.run_dir / "recipe.json", to_dict(self.recipe))
+        end = self.cfg.iterations if stop_after is None else min(self.cfg.iterations,
+                                                                 self.state.iteration + stop_after)
+        while self.state.iteration < end:
+            it = self.state.iteration
+            row = self.pretrain_iteration(it) if self.cfg.algorithm == "pretrain" else self.rl_iteration(it)
+            row["iteration"] = it
+            row["lr"] = self.scheduler.get_last_lr()[0]
+            self.scheduler.step()
+            self.state.iteration = it + 1
+            self._append_metrics(row)
+            if on_iteration is not None:
+                on_iteration(row)
+            every = self.recipe.output.checkpoint_every
+            if (it + 1) % every == 0 or it + 1 == end:
+                self.save_checkpoint()
+            se = self.recipe.output.sample_every
+            if se and (it + 1) % se == 0:
+                self.sample_grid(f"iter-{it + 1:05d}")
+        return self.state.history
+
+    # ------------------------------------------------------------------ pretraining
+    def pretrain_iteration(self, it: int) -> dict:
+        from maskfocus_cli.engine.pretrain import masked_ce_loss
+        t0 = time.perf_counter()
+        rank, world = self.acc.process_index, self.acc.num_processes
+        per_rank = self.cfg.batch_size // world
+        prompts, tokens = self.stream.batch(it, self.cfg.batch_size, self.cfg.prompt_dropout)
+        prompts, tokens = prompts[rank * per_rank:(rank + 1) * per_rank], tokens[rank * per_rank:(rank + 1) * per_rank]
+        gen = torch.Generator().manual_seed(derive_seed(self.cfg.seed, it, rank, "mask"))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss, acc = masked_ce_loss(self.adapter, self.net, prompts, tokens, gen)
+        self.acc.backward(loss)
+        grad_norm = self._clip()
+        self.optimizer.step()
+        return {"loss": float(loss.detach()), "token_accuracy": acc, "grad_norm": grad_norm,
+                "time": {"total": time.perf_counter() - t0}}
+
+    def _clip(self) -> float:
+        if self.cfg.grad_clip > 0:
+            return float(self.acc.clip_grad_norm_(self.net.parameters(), self.cfg.grad_clip))
+        return 0.0
+
+    # ------------------------------------------------------------------ RL
+    def _iteration_prompts(self, it: int) -> list[tuple[str, dict | None]]:
+        rng = random.Random(derive_seed(self.cfg.seed, it, "prompts"))
+        return [self.prompts[rng.randrange(len(self.prompts))] for _ in range(self.cfg.prompts_per_iter)]
+
+    def rl_iteration(self, it: int) -> dict:
+        cfg, acc = self.cfg, self.acc
+        G = cfg.group_size
+        rank, world = acc.process_index, acc.num_processes
+        times = {}
+        t0 = time.perf_counter()
+        chosen = self._iteration_prompts(it)
+        total = len(chosen) * G
+        mine = list(range(rank, total, world))  # k-repeat: a group's images are spread over ranks
+        prompts = [chosen[i // G][0] for i in mine]
+        metas = [chosen[i // G][1] for i in mine]
+        seeds = [derive_seed(cfg.seed, it, i, "rollout") for i in mine]
+
+        # 1. rollouts (policy in eval mode; the unwrapped module, no grad)
+        self.policy.eval()
+        cond = self.encoder(prompts)
+        uncond = self.encoder([""] * len(prompts))
+        res = sample(self.adapter, cond, uncond, seeds, self.settings, record=True, router=self.router,
+                     net=self.policy)
+        traj = res.trajectory
+        images = self.adapter.decode(res.tokens)
+        times["rollout"] = time.perf_counter() - t0
+
+        # 2. rewards, gathered so advantages see whole groups
+        t1 = time.perf_counter()
+        out = self.reward(images, prompts, metas)
+        local = torch.stack([out.total.float().cpu(), out.valid.float().cpu()]
+                            + [out.components[k].float().cpu() for k in sorted(out.components)])
+        gathered = acc.gather(local.to(acc.device).T.contiguous()).cpu()  # (total, 2 + C) in rank order
+        order = torch.tensor([i for r in range(world) for i in range(r, total, world)])
+        full = torch.empty_like(gathered)
+        full[order] = gathered
+        rewards, valid = full[:, 0], full[:, 1] > 0.5
+        adv = group_advantages(rewards, valid, G)
+        times["reward"] = time.perf_counter() - t1
+
+        # 3. loss over the chosen steps, accumulated; one optimiser step per inner epoch
+        t2 = time.perf_counter()
+        mine_t = torch.tensor(mine)
+        keep_local = adv.keep[mine_t]
+        adv_local = adv.values[mine_t]
+        n_keep_global = int(adv.keep.sum())
+        stats = {"loss": 0.0, "kl": 0.0, "clipped": 0.0, "elements": 0.0}
+        steps_used: list[int] = []
+        if n_keep_global > 0:
+            idx = keep_local.nonzero().flatten()
+            sub = traj.select(idx)
+            steps = self._choose_steps(sub, it, idx)
+            steps_used = sorted(set(steps.flatten().tolist()))
+            self.policy.train()
+            old: dict = {}
+            for epoch in range(cfg.inner_epochs):
+                self.optimizer.zero_grad(set_to_none=True)
+                e_stats = self._accumulate(sub, idx, steps, cond, uncond, adv_local, it, mine_t, old,
+                                           n_keep_global, epoch)
+                grad_norm = self._clip()
+                self.optimizer.step()
+                if epoch == 0:
+                    stats.update(e_stats)
+                stats["grad_norm"] = grad_norm
+        times["loss"] = time.perf_counter() - t2
+        times["total"] = time.perf_counter() - t0
+
+        n_invalid = int((~valid).sum())
+        comp_names = sorted(out.components)
+        row = {
+            "reward": _mean_std(rewards[valid]),
+            "components": {k: _mean_std(full[:, 2 + j][valid]) for j, k in enumerate(comp_names)},
+            "loss": stats["loss"], "kl": stats["kl"],
+            "clip_fraction": stats["clipped"] / stats["elements"] if stats["elements"] else 0.0,
+            "zero_std_ratio": adv.zero_std_groups / adv.groups,
+            "kept": n_keep_global, "invalid_rewards": n_invalid,
+            "steps": steps_used,
+            "explore_fraction": float(traj.explore.float().mean()) if self.router else 0.0,
+            "time": {k: round(v, 4) for k, v in times.items()},
+        }
+        if n_invalid:
+            self.log(f"iteration {it}: {n_invalid} non-finite rewards skipped")
+        return row
+
+    def _choose_steps(self, sub: Trajectory, it: int, idx: torch.Tensor) -> torch.Tensor:
+        """(k,) shared steps or (B, k) per-sample steps for this rank's kept samples."""
+        T = self.settings.steps
+        if self.cfg.algorithm == "mask-grpo":
+            r = self.cfg.reduction_steps
+            return torch.arange(min(r, T) if r else T)
+        gain = None
+        if sub.final.shape[0] == 0:  # nothing kept on this rank: any k steps (only dummy passes run)
+            return torch.arange(min(self.recipe.critical.k, T))
+        if self.selector.needs_gain:
+            _, gain = trajectory_gain(sub, self.embedder)
+        gen = torch.Generator().manual_seed(derive_seed(self.cfg.seed, it, self.acc.process_index, "steps"))
+        return select_steps(self.selector, T, self.recipe.critical.k, gain, self.recipe.critical.reduction, gen)
+
+    def _accumulate(self, sub: Trajectory, idx: torch.Tensor, steps: torch.Tensor, cond, uncond,
+                    adv_local: torch.Tensor, it: int, mine_t: torch.Tensor, old: dict, n_keep_global: int,
+                    epoch: int) -> dict:
+        """All backward passes of one optimiser step; gradients all-reduce on the last one only."""
+        cfg, acc = self.cfg, self.acc
+        mb = cfg.micro_batch
+        b = idx.numel()
+        T, N = self.settings.steps, self.adapter.num_tokens
+        per_sample_steps = steps.dim() == 2
+        n_steps = steps.shape[-1]
+        n_mb_local = math.ceil(b / mb) if b else 0
+        n_mb = int(acc.gather(torch.tensor([n_mb_local], device=acc.device)).max()) if acc.num_processes > 1 \
+            else n_mb_local
+        total_calls = n_steps * n_mb
+        scale = acc.num_processes / (n_keep_global * n_steps)
+        loss_cond = index_cond(cond, idx.to(cond[next(iter(cond))].device))
+        loss_uncond = index_cond(uncond, idx.to(cond[next(iter(cond))].device)) if (
+            uncond is not None and cfg.loss_guidance) else None
+        settings = self.settings if cfg.loss_guidance else SamplerSettings(
+            steps=T, guidance_scale=1.0 if self.adapter.guidance_form == "meissonic" else 0.0,
+            schedule=self.settings.schedule, logit_temperature=self.settings.logit_temperature)
+        out = {"loss": 0.0, "kl": 0.0, "clipped": 0.0, "elements": 0.0}
+        call = 0
+        for j in range(n_steps):
+            for m in range(n_mb):
+                call += 1
+                lo, hi = m * mb, min(b, (m + 1) * mb)
+                sync = call == total_calls
+                ctx = nullcontext() if sync or acc.num_processes == 1 else acc.no_sync(self.net)
+                with ctx:
+                    if lo >= hi:  # this rank has fewer micro-batches: a zero-weight pass keeps DDP in step
+                        loss = self._dummy_loss(sub, loss_cond, loss_uncond, settings)
+                        acc.backward(loss * 0.0)
+                        continue
+                    rows = torch.arange(lo, hi)
+                    res = self._step_loss(sub, rows, steps, j, per_sample_steps, loss_cond, loss_uncond,
+                                          settings, adv_local[idx[rows]], it, mine_t[idx[rows]], old, epoch)
+                    acc.backward(res.loss_sum * scale)
+                out["loss"] += float(res.loss_sum.detach()) * scale / acc.num_processes
+                out["kl"] += res.kl_sum / max(1, b * n_steps)
+                out["clipped"] += res.clip_count
+                out["elements"] += res.elements
+        return out
+
+    def _dummy_loss(self, sub, cond, uncond, settings):
+        tokens = sub.final[:1] if sub.final.shape[0] else torch.full(
+            (1, self.adapter.num_tokens), self.adapter.mask_id, device=self.adapter.device)
+        c = index_cond(cond, slice(0, 1)) if sub.final.shape[0] else self.encoder([""])
+        logits = self.adapter.logits(tokens, c, step_info(0, self.settings.steps, self.adapter.num_tokens,
+                                                          sub.counts), None, 0.0, net=self.net)
+        return logits.sum()
+
+    def _step_loss(self, sub: Trajectory, rows: torch.Tensor, steps: torch.Tensor, j: int, per_sample: bool,
+                   cond, uncond, settings: SamplerSettings, adv: torch.Tensor, it: int, global_idx: torch.Tensor,
+                   old: dict, epoch: int):
+        cfg = self.cfg
+        T, N = self.settings.steps, self.adapter.num_tokens
+        dev = self.adapter.device
+        c = index_cond(cond, rows.to(dev))
+        u = index_cond(uncond, rows.to(dev)) if uncond is not None else None
+        adv = adv.to(dev)
+        key = (j, int(rows[0]))
+        if cfg.algorithm == "mask-grpo":
+            t = int(steps[j])
+            info = step_info(t, T, N, sub.counts)
+            temp = sub.temperature[t, rows] if sub.temperature is not None else None
+            nxt = sub.states[t + 1, rows] if t + 1 < T else sub.final[rows]
+            res = mask_grpo_step_loss(self.adapter, self.net, sub.states[t, rows], nxt, sub.x0[t, rows],
+                                      sub.newly[t, rows], sub.threshold[t, rows], c, u, info, adv, settings,
+                                      old.get(key), temp, cfg.remask_term, cfg.clip_low, cfg.clip_high)
+        else:
+            if per_sample:
+                # a step set per image: group rows by their step so each forward has one timestep
+                ts = steps[rows, j]
+                results = [self._maskfocus_rows(sub, rows[ts == t], int(t), cond, uncond, settings,
+                                                adv[ts == t], it, global_idx[ts == t], old, j)
+                           for t in ts.unique().tolist()]
+                return _sum_losses(results)
+            t = int(steps[j])
+            return self._maskfocus_rows(sub, rows, t, cond, uncond, settings, adv, it, global_idx, old, j)
+        if epoch == 0:
+            old[key] = res.logp
+        return res
+
+    def _maskfocus_rows(self, sub, rows, t, cond, uncond, settings, adv, it, global_idx, old, j):
+        T, N = self.settings.steps, self.adapter.num_tokens
+        dev = self.adapter.device
+        gens = [torch.Generator().manual_seed(derive_seed(self.cfg.seed, it, int(g), t, "remask"))
+                for g in global_idx]
+        final = sub.final[rows]
+        masked = random_remask(final, sub.counts[t], gens)
+        info = step_info(t, T, N, sub.counts)
+        key = (j, t, int(rows[0]))
+        res = maskfocus_step_loss(self.adapter, self.net, self.reference, final, masked,
+                                  index_cond(cond, rows.to(dev)),
+                                  index_cond(uncond, rows.to(dev)) if uncond is not None else None,
+                                  info, adv, settings, old.get(key), self.cfg.kl_beta,
+                                  self.cfg.clip_low, self.cfg.clip_high)
+        if key not in old:
+            old[key] = res.logp
+        return res
+
+    # ------------------------------------------------------------------ evaluation grids
+    @torch.no_grad()
+    def sample_grid(self, name: str) -> Path | None:
+        """Fixed eval prompts × 4 seeds → OUT/samples/NAME.png (main process)."""
+        if not self.acc.is_main_process or self.recipe.data.num_eval_prompts == 0:
+            return None
+        from maskfocus_cli.engine.data import load_prompt_source
+        from maskfocus_cli.io.images import contact_sheet, save_png
+        rows = load_prompt_source(self.recipe.data.eval_prompts)[:self.recipe.data.num_eval_prompts]
+        prompts = [p for p, _ in rows for _ in range(4)]
+        seeds = [j for _ in rows for j in range(4)]
+        was = self.policy.training
+        self.policy.eval()
+        res = sample(self.adapter, self.encoder(prompts), self.encoder([""] * len(prompts)), seeds,
+                     self.eval_settings, net=self.policy)
+        self.policy.train(was)
+        path = self.run_dir / "samples" / f"{name}.png"
+        save_png(contact_sheet(self.adapter.decode(res.tokens), ncols=4, scale=2), path)
+        return path
+
+
+def _mean_std(x: torch.Tensor) -> dict:
+    if x.numel() == 0:
+        return {"mean": float("nan"), "std": float("nan")}
+    return {"mean": float(x.float().mean()), "std": float(x.float().std(unbiased=False))}
+
+
+def _sum_losses(results):
+    from maskfocus_cli.engine.grpo import StepLoss
+    return StepLoss(sum(r.loss_sum for r in results), torch.empty(0), sum(r.kl_sum for r in results),
+                    sum(r.clip_count for r in results), sum(r.elements for r in results))
