@@ -4,13 +4,13 @@ encode = nearest code per patch, decode = paste the code patches, embed = the co
 vectors as a (C, h, w) map (C = 3·8·8), like a VQ-GAN's ``get_codebook_entry``.
 
 Because objects are token-aligned and never share a patch, renders contain only a
-few hundred distinct patches (about 410 with the default world). ``fit`` therefore
+few hundred distinct patches (381 with the default world). ``fit`` therefore
 puts every distinct patch in the codebook when they fit in ``num_codes`` (the
 round trip is then exact), and only falls back to weighted k-means when they do
-not. Codes left over after the distinct patches are "spare" codes: the background
-patch (the most frequent one: background) with a faint deterministic dither. Encoding never picks them (an exact code
-is always nearer) and a model that predicts one paints background, which the
-detector ignores.
+not. Codes left over after the distinct patches are "spare" codes: the most
+frequent patch (background) with a faint deterministic dither. Encoding never
+picks them (an exact code is always nearer) and a model that predicts one paints
+background, which the detector ignores.
 """
 
 from __future__ import annotations

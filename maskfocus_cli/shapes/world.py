@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Sequence
 
+from maskfocus_cli.bench.geneval import relative_position
+
 IMAGE_SIZE = 64  #: canvas side in pixels
 PATCH = 8  #: pixels per token side
 GRID = IMAGE_SIZE // PATCH  #: tokens per canvas side
@@ -358,9 +360,7 @@ def parse_prompt(prompt: str) -> dict:
 
 # ---------------------------------------------------------------------- scenes
 def _rel_ok(a: ShapeObject, b: ShapeObject, relation: str) -> bool:
-    from maskfocus_cli.bench.geneval import relative_position
-    rels = relative_position(a.box, b.box, thr=POSITION_MARGIN)
-    return relation in rels
+    return relation in relative_position(a.box, b.box, thr=POSITION_MARGIN)
 
 
 def _free(placed: list[ShapeObject], row: int, col: int, size: int) -> bool:
@@ -374,19 +374,23 @@ def _free(placed: list[ShapeObject], row: int, col: int, size: int) -> bool:
 
 def _place(specs: list[tuple[str, str, int]], rng: random.Random,
            relations: list[tuple[int, str, int]], tries: int = 200) -> tuple[ShapeObject, ...] | None:
-    """Place objects one by one on free cells; check relations (subject, rel, target) at the end."""
+    """Place objects one by one on free cells that keep every relation (subject, rel, target)
+    whose two ends are placed; restart on a dead end."""
     for _ in range(tries):
         placed: list[ShapeObject] = []
-        for shape, color, size in specs:
-            cells = [(r, c) for r in range(GRID - size + 1) for c in range(GRID - size + 1)
-                     if _free(placed, r, c, size)]
-            if not cells:
+        for k, (shape, color, size) in enumerate(specs):
+            cands = [ShapeObject(shape, color, r, c, size) for r in range(GRID - size + 1)
+                     for c in range(GRID - size + 1) if _free(placed, r, c, size)]
+            for s, rel, t in relations:
+                if s == k and t < k:
+                    cands = [o for o in cands if _rel_ok(o, placed[t], rel)]
+                elif t == k and s < k:
+                    cands = [o for o in cands if _rel_ok(placed[s], o, rel)]
+            if not cands:
                 break
-            r, c = rng.choice(cells)
-            placed.append(ShapeObject(shape, color, r, c, size))
+            placed.append(rng.choice(cands))
         else:
-            if all(_rel_ok(placed[s], placed[t], rel) for s, rel, t in relations):
-                return tuple(placed)
+            return tuple(placed)
     return None
 
 

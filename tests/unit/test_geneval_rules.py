@@ -168,7 +168,8 @@ def test_result_carries_tag_prompt_and_json_detections():
 @pytest.mark.parametrize("bad", [
     {"include": [{"class": "circle", "count": 1}]},
     {"tag": "position", "include": [{"class": "circle", "count": 1, "position": ["left of", 0]}]},
-    {"tag": "position", "include": [{"class": "a", "count": 1}, {"class": "b", "count": 1, "position": ["near", 0]}]},
+    {"tag": "position", "include": [{"class": "a", "count": 1},
+                                    {"class": "b", "count": 1, "position": ["near", 0]}]},
     {"tag": "colors", "include": [{"class": "circle", "count": 1, "color": "teal"}]},
     {"tag": "single_object", "include": [{"class": "circle"}]},
 ])

@@ -146,9 +146,9 @@ def _assert_valid_layout(scene: world.Scene) -> None:
 def test_scene_for_satisfies_its_metadata_under_geneval_rules():
     rng = random.Random(0)
     metas = world.make_metadata(90, seed=0) + world.make_metadata(30, seed=1, split="heldout")
-    metas += [world.parse_prompt(p) for p in ["a photo of a red circle left of a blue square",
-                                              "a photo of two green triangles",
-                                              "a photo of four crosses", "a photo of two pink diamonds below a square"]]
+    extra = ["a photo of a red circle left of a blue square", "a photo of two green triangles",
+             "a photo of four crosses", "a photo of two pink diamonds below a square"]
+    metas += [world.parse_prompt(p) for p in extra]
     scenes = [world.scene_for(m, rng) for m in metas]
     dets = ShapesDetector().detect(render_batch(scenes))
     for m, s, d in zip(metas, scenes, dets):
@@ -196,5 +196,6 @@ def test_render_paints_object_colour_inside_box_only():
     assert img[:, y0:y1, x0:x1].permute(1, 2, 0).reshape(-1, 3).tolist() == [red] * 256
     outside = img.clone()
     outside[:, y0:y1, x0:x1] = 0
-    assert int((outside.permute(1, 2, 0) == torch.tensor(world.BACKGROUND_RGB, dtype=torch.uint8)).all(-1).sum()) == 64 * 64 - 256
+    bg = torch.tensor(world.BACKGROUND_RGB, dtype=torch.uint8)
+    assert int((outside.permute(1, 2, 0) == bg).all(-1).sum()) == 64 * 64 - 256
 
