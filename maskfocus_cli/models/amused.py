@@ -1,0 +1,225 @@
+"""aMUSEd (amused/amused-256, amused/amused-512) as a ``MaskedT2IAdapter``.
+
+Components are the real ones: diffusers' ``UVit2DModel`` (the trainable network),
+``VQModel`` (decoder, codebook lookup) and transformers' CLIP text encoder with
+projection. The engine samples (the ``AmusedPipeline`` object is never used);
+what the pipeline does per step is reproduced here exactly:
+
+* text: ``hidden_states[-2]`` of the CLIP text encoder (penultimate layer) as
+  cross-attention states, ``text_embeds`` (projected pooled output) as pooled
+  embedding; prompts padded to the tokenizer's ``model_max_length``;
+* micro-conditioning: ``[width, height, crop_top, crop_left, aesthetic_score]`` in
+  pixels, defaults ``(W, H, 0, 0, 6)`` as ``AmusedPipeline.__call__``;
+* guidance ``l_u + w (l_c - l_u)`` and Gumbel temperature ``linspace(2, 0, T)``,
+  both the engine's defaults for the "meissonic" guidance form.
+
+Differences from the pipeline: it skips the unconditional pass only for w <= 1
+(ours for w == 1), and it draws its randomness differently (see
+tests/integration/test_amused.py), so equal seeds give different, equally
+distributed images.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from maskfocus_cli.models.amused_folders import (ModelFolderError, check_device_dtype, expect_class,
+                                                 load_state_strict, read_config, resolve_folder,
+                                                 save_folder_atomically, weight_files)
+from maskfocus_cli.models.base import Cond, MaskedT2IAdapter, StepInfo
+
+LAYOUT = ("transformer/config.json", "vqvae/config.json", "text_encoder/config.json", "tokenizer")
+COMPONENTS_COPIED = ("vqvae", "text_encoder", "tokenizer", "scheduler", "model_index.json")
+MODEL_INDEX = {
+    "_class_name": "AmusedPipeline",
+    "scheduler": ["diffusers", "AmusedScheduler"],
+    "text_encoder": ["transformers", "CLIPTextModelWithProjection"],
+    "tokenizer": ["transformers", "CLIPTokenizer"],
+    "transformer": ["diffusers", "UVit2DModel"],
+    "vqvae": ["diffusers", "VQModel"],
+}
+
+
+class AmusedAdapter(MaskedT2IAdapter):
+    """aMUSEd: UVit2D over a VQ-GAN token grid, CLIP-L text conditioning, micro-conds."""
+
+    family = "amused"
+    guidance_form = "meissonic"
+
+    def __init__(self, transformer: nn.Module, vqvae: nn.Module, text_encoder: nn.Module, tokenizer,
+                 mask_id: int, source: Path | None = None, aesthetic_score: float = 6.0,
+                 crop_coord: tuple[int, int] = (0, 0)) -> None:
+        self.transformer = transformer
+        self.vqvae = vqvae
+        self.text_encoder = text_encoder
+        self.tokenizer = tokenizer
+        self.source = source
+        self.aesthetic_score = float(aesthetic_score)
+        self.crop_coord = (int(crop_coord[0]), int(crop_coord[1]))
+        self._mask_id = int(mask_id)
+        cfg = transformer.config
+        self._codebook = int(cfg.codebook_size)
+        self._grid = (int(cfg.sample_size), int(cfg.sample_size))
+        self.vae_scale = 2 ** (len(vqvae.config.block_out_channels) - 1)
+        if not self._codebook <= self._mask_id < int(cfg.vocab_size):
+            raise ModelFolderError(f"mask token id {self._mask_id} is outside the transformer's extra "
+                                   f"vocabulary [{self._codebook}, {cfg.vocab_size})")
+
+    # ------------------------------------------------------------------ geometry
+    @property
+    def mask_id(self) -> int:
+        return self._mask_id
+
+    @property
+    def codebook_size(self) -> int:
+        return self._codebook
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return self._grid
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """(H, W) in pixels of a decoded image."""
+        return self._grid[0] * self.vae_scale, self._grid[1] * self.vae_scale
+
+    # ------------------------------------------------------------------ conditioning
+    def micro_conds(self, batch: int) -> torch.Tensor:
+        """(B, 5) ``[width, height, crop_top, crop_left, aesthetic]`` as the pipeline builds it."""
+        h, w = self.image_size
+        row = torch.tensor([w, h, self.crop_coord[0], self.crop_coord[1], self.aesthetic_score])
+        return row.unsqueeze(0).expand(batch, -1).clone()
+
+    @torch.no_grad()
+    def encode_prompts(self, prompts: list[str]) -> Cond:
+        dev = next(self.text_encoder.parameters()).device
+        ids = self.tokenizer(list(prompts), return_tensors="pt", padding="max_length", truncation=True,
+                             max_length=self.tokenizer.model_max_length).input_ids.to(dev)
+        out = self.text_encoder(ids, return_dict=True, output_hidden_states=True)
+        hidden = out.hidden_states[-2]
+        return {"encoder_hidden_states": hidden, "pooled_text_emb": out.text_embeds,
+                "micro_conds": self.micro_conds(len(prompts)).to(dev, hidden.dtype)}
+
+    # ------------------------------------------------------------------ network
+    def call_transformer(self, net: nn.Module, tokens: torch.Tensor, cond: Cond,
+                         step: StepInfo) -> torch.Tensor:
+        b = tokens.shape[0]
+        h, w = self._grid
+        dtype = next(net.parameters()).dtype
+        logits = net(tokens.view(b, h, w), encoder_hidden_states=cond["encoder_hidden_states"].to(dtype),
+                     pooled_text_emb=cond["pooled_text_emb"].to(dtype), micro_conds=cond["micro_conds"])
+        return logits.reshape(b, self._codebook, h * w).transpose(1, 2)
+
+    # ------------------------------------------------------------------ VQ side
+    def _vq_shape(self, b: int) -> tuple[int, int, int, int]:
+        h, w = self._grid
+        return (b, h, w, int(self.vqvae.quantize.vq_embed_dim))
+
+    @torch.no_grad()
+    def code_embeddings(self, tokens: torch.Tensor) -> torch.Tensor:
+        dev = next(self.vqvae.parameters()).device
+        return self.vqvae.quantize.get_codebook_entry(tokens.reshape(-1).to(dev), self._vq_shape(tokens.shape[0]))
+
+    @torch.no_grad()
+    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
+        dev = next(self.vqvae.parameters()).device
+        out = self.vqvae.decode(tokens.reshape(tokens.shape[0], -1).to(dev), force_not_quantize=True,
+                                shape=self._vq_shape(tokens.shape[0])).sample
+        return out.float().clamp(0, 1)
+
+    def describe(self) -> dict:
+        d = super().describe()
+        d["parameters"] = sum(p.numel() for p in self.transformer.parameters())
+        d["image_size"] = list(self.image_size)
+        d["micro_conditioning"] = {"aesthetic_score": self.aesthetic_score, "crop_coord": list(self.crop_coord)}
+        return d
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, folder: str | Path) -> None:
+        """Write a standard aMUSEd pipeline folder with *this* transformer's weights.
+
+        Frozen components are copied byte-for-byte from the folder we were loaded
+        from (or saved with ``save_pretrained`` when built in memory), so the result
+        loads in diffusers' ``AmusedPipeline`` as well as here.
+        """
+        def fill(tmp: Path) -> None:
+            self.transformer.save_pretrained(tmp / "transformer", safe_serialization=True)
+            src = self.source
+            if src is not None and all((src / c).exists() for c in COMPONENTS_COPIED):
+                for c in COMPONENTS_COPIED:
+                    if (src / c).is_dir():
+                        shutil.copytree(src / c, tmp / c)
+                    else:
+                        shutil.copy2(src / c, tmp / c)
+                return
+            from diffusers import AmusedScheduler
+            self.vqvae.save_pretrained(tmp / "vqvae", safe_serialization=True)
+            self.text_encoder.save_pretrained(tmp / "text_encoder")
+            self.tokenizer.save_pretrained(tmp / "tokenizer")
+            AmusedScheduler(mask_token_id=self._mask_id).save_pretrained(tmp / "scheduler")
+            (tmp / "model_index.json").write_text(json.dumps(MODEL_INDEX, indent=2) + "\n")
+
+        save_folder_atomically(Path(folder), fill)
+
+
+# ---------------------------------------------------------------------- loading
+def _load_transformer(folder: Path, dtype: torch.dtype) -> nn.Module:
+    from accelerate import init_empty_weights
+    from diffusers import UVit2DModel
+    cfg_path = folder / "transformer" / "config.json"
+    cfg = read_config(cfg_path)
+    expect_class(cfg, cfg_path, "UVit2DModel", "amused")
+    try:
+        with init_empty_weights():
+            model = UVit2DModel.from_config(cfg)
+    except (TypeError, ValueError) as e:
+        raise ModelFolderError(f"{cfg_path} is not a usable UVit2DModel config ({e})") from None
+    load_state_strict(model, weight_files(folder / "transformer", "diffusion_pytorch_model"))
+    return nn.Module.to(model, dtype)  # plain cast: UVit2D keeps no fp32-only modules
+
+
+def _read_mask_id(folder: Path, vocab_size: int) -> int:
+    sched = folder / "scheduler" / "scheduler_config.json"
+    if sched.is_file():
+        return int(read_config(sched)["mask_token_id"])
+    return vocab_size - 1  # the aMUSEd convention (8255 for vocab 8256)
+
+
+def load(path: str, device: str = "cpu", dtype: torch.dtype = torch.float32) -> AmusedAdapter:
+    """Load an aMUSEd pipeline folder (or hub id) as an adapter on ``device`` in ``dtype``.
+
+    The VQ decoder stays in float32 when its config asks for ``force_upcast``
+    (fp16/bf16 VQ-GAN decoding overflows), as the pipeline does.
+    """
+    from diffusers import VQModel
+    from transformers import CLIPTextModelWithProjection, CLIPTokenizer
+    check_device_dtype(device, dtype)
+    folder = resolve_folder(path, "amused", LAYOUT, allow_patterns=[
+        "model_index.json", "scheduler/*", "tokenizer/*", "text_encoder/*.json", "text_encoder/*.safetensors",
+        "vqvae/*.json", "vqvae/*.safetensors", "transformer/*.json", "transformer/*.safetensors"])
+    transformer = _load_transformer(folder, dtype)
+
+    vq_cfg_path = folder / "vqvae" / "config.json"
+    vq_cfg = read_config(vq_cfg_path)
+    expect_class(vq_cfg, vq_cfg_path, "VQModel", "amused")
+    vq_dtype = torch.float32 if vq_cfg.get("force_upcast", False) else dtype
+    vqvae = VQModel.from_pretrained(folder / "vqvae", torch_dtype=vq_dtype)
+    if int(vqvae.config.num_vq_embeddings) != int(transformer.config.codebook_size):
+        raise ModelFolderError(f"{folder}: vqvae has {vqvae.config.num_vq_embeddings} codes but the "
+                               f"transformer predicts {transformer.config.codebook_size}")
+
+    te_cfg_path = folder / "text_encoder" / "config.json"
+    expect_class(read_config(te_cfg_path), te_cfg_path, "CLIPTextModelWithProjection", "amused",
+                 key="architectures")
+    text_encoder = CLIPTextModelWithProjection.from_pretrained(folder / "text_encoder", dtype=dtype)
+    tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
+
+    mask_id = _read_mask_id(folder, int(transformer.config.vocab_size))
+    for m in (transformer, vqvae, text_encoder):
+        m.to(device).eval().requires_grad_(False)
+    return AmusedAdapter(transformer, vqvae, text_encoder, tokenizer, mask_id, source=folder)
