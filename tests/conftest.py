@@ -85,3 +85,15 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data is not present beside the repository")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_shapes_dir(tmp_path_factory) -> Path:
+    """A tiny random built-in-architecture model saved as a shapes model folder (--model shapes:DIR)."""
+    from maskfocus_cli.models.shapes import new_shapes_model
+    from maskfocus_cli.shapes.tokenizer import fit_default
+    torch.manual_seed(0)
+    adapter = new_shapes_model(fit_default(num_scenes=200), d_model=32, n_layers=1, n_heads=2, d_ff=64)
+    folder = tmp_path_factory.mktemp("tiny-shapes")
+    adapter.save(folder)
+    return folder

@@ -9,7 +9,8 @@ from pathlib import Path
 def load_prompt_source(source: str) -> list[tuple[str, dict | None]]:
     """(prompt, metadata-or-None) pairs from a source string.
 
-    ``shapes:train`` / ``shapes:heldout``: the shapes world's GenEval-style prompt split;
+    ``shapes:train`` / ``shapes:heldout``: the shapes world's GenEval-style prompt split,
+    600 rows balanced over the six tags;
     ``*.jsonl``: GenEval metadata rows (``prompt`` + clauses); anything else: one prompt a line.
     """
     if source.startswith("shapes:"):
@@ -17,7 +18,8 @@ def load_prompt_source(source: str) -> list[tuple[str, dict | None]]:
         split = source.split(":", 1)[1]
         if split not in ("train", "heldout"):
             raise ValueError(f"prompt source {source!r}: use shapes:train or shapes:heldout")
-        return [(r["prompt"], r) for r in world.all_prompts(split)]
+        # tag-balanced (the raw split is mostly colour-attribution prompts), fixed order
+        return [(r["prompt"], r) for r in world.make_metadata(600, seed=0, split=split)]
     path = Path(source)
     if not path.is_file():
         raise ValueError(f"prompt file not found: {source} (give a .txt with one prompt per line, a GenEval "

@@ -61,9 +61,12 @@ def load_model(spec: str = "shapes", checkpoint: str | Path | None = None, devic
         adapter = load_shapes_model(path)
     else:
         import importlib
-        mod = importlib.import_module(f"maskfocus_cli.models.{family}")
         if path is None:
             raise ValueError(f"--model {family} needs a folder or hub id: --model {family}:PATH")
+        try:
+            mod = importlib.import_module(f"maskfocus_cli.models.{family}")
+        except ModuleNotFoundError:
+            raise ValueError(f"--model {family}: this family is not supported in this version") from None
         adapter = mod.load(path, device=str(dev), dtype=DTYPES[dtype])
     if checkpoint is not None:
         load_weights(adapter.transformer, checkpoint_weights(checkpoint))

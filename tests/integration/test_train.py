@@ -1,0 +1,148 @@
+"""Training end to end on a tiny built-in-architecture model: learning signal, checkpoints, exact resume."""
+
+import json
+import math
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from maskfocus_cli.cli import main
+from maskfocus_cli.config import load_recipe
+from maskfocus_cli.engine.trainer import Trainer
+from maskfocus_cli.io.checkpoint import read_weights
+
+RECIPE = """
+model: {{spec: "shapes:{model}"}}
+sampler: {{steps: 6, guidance_scale: 2.0}}
+critical: {{selector: info-gain, k: 2}}
+rewards: [{{name: brightness}}]
+train:
+  algorithm: {algorithm}
+  iterations: 3
+  prompts_per_iter: 2
+  group_size: 4
+  micro_batch: 3
+  lr: 1.0e-3
+  kl_beta: 0.05
+output: {{dir: "{out}", checkpoint_every: 1, keep_last: 5}}
+data: {{num_eval_prompts: 2}}
+"""
+
+
+def recipe_file(tmp_path, model, algorithm="maskfocus", out="run", **extra):
+    text = RECIPE.format(model=model, algorithm=algorithm, out=tmp_path / out)
+    p = tmp_path / f"{out}.yaml"
+    p.write_text(text)
+    return p
+
+
+def strip_times(rows):
+    return [{k: v for k, v in r.items() if k != "time"} for r in rows]
+
+
+@pytest.mark.parametrize("algorithm", ["maskfocus", "mask-grpo"])
+def test_every_parameter_changes_and_loss_is_finite(tmp_path, tiny_shapes_dir, algorithm):
+    recipe = load_recipe(recipe_file(tmp_path, tiny_shapes_dir, algorithm))
+    trainer = Trainer(recipe)
+    before = {k: v.detach().clone() for k, v in trainer.policy.named_parameters()}
+    rows = trainer.run()
+    assert len(rows) == 3
+    assert all(math.isfinite(r["loss"]) for r in rows)
+    assert any(r["kept"] > 0 for r in rows)
+    unchanged = [k for k, v in trainer.policy.named_parameters() if torch.equal(v, before[k])]
+    assert unchanged == []
+    run = tmp_path / "run"
+    assert (run / "checkpoints" / "step-3" / "model.safetensors").is_file()
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(l)["iteration"] for l in lines] == [0, 1, 2]
+    if algorithm == "maskfocus":
+        assert all(len(r["steps"]) <= 2 for r in rows)
+    else:
+        assert all(r["steps"] == list(range(6)) for r in rows if r["kept"])
+
+
+def test_resume_is_bit_identical(tmp_path, tiny_shapes_dir):
+    full = Trainer(load_recipe(recipe_file(tmp_path, tiny_shapes_dir, out="full")))
+    rows_full = full.run()
+
+    part = Trainer(load_recipe(recipe_file(tmp_path, tiny_shapes_dir, out="part")))
+    part.run(stop_after=2)  # "killed" after iteration 2
+    assert (tmp_path / "part" / "checkpoints" / "step-2").is_dir()
+    resumed = Trainer(load_recipe(recipe_file(tmp_path, tiny_shapes_dir, out="part")))
+    rows_resumed = resumed.run(resume="latest")
+
+    assert strip_times(rows_full) == strip_times(rows_resumed)
+    a = read_weights(tmp_path / "full" / "checkpoints" / "step-3" / "model.safetensors")
+    b = read_weights(tmp_path / "part" / "checkpoints" / "step-3" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    metrics = [json.loads(l) for l in (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()]
+    assert strip_times(metrics) == strip_times(rows_full)
+
+
+def test_nan_rewards_are_skipped_and_counted(tmp_path, tiny_shapes_dir, monkeypatch):
+    import maskfocus_cli.rewards.registry as registry
+
+    def factory():
+        def reward(images, prompts, metadata):
+            r = images.mean(dim=(1, 2, 3))
+            r[0] = float("nan")
+            return r
+        return reward
+
+    registry.register("nan-first", overwrite=True)(factory)
+    p = recipe_file(tmp_path, tiny_shapes_dir)
+    p.write_text(p.read_text().replace("brightness", "nan-first"))
+    trainer = Trainer(load_recipe(p, ["train.iterations=1"]))
+    before = {k: v.detach().clone() for k, v in trainer.policy.named_parameters()}
+    with pytest.warns(UserWarning):
+        rows = trainer.run()
+    assert rows[0]["invalid_rewards"] == 1
+    assert math.isfinite(rows[0]["loss"])
+    assert all(torch.isfinite(v).all() for v in trainer.policy.parameters())
+    assert any(not torch.equal(v, before[k]) for k, v in trainer.policy.named_parameters())
+
+
+def test_train_cli_end_to_end(tmp_path, tiny_shapes_dir):
+    p = recipe_file(tmp_path, tiny_shapes_dir, out="cli")
+    res = CliRunner().invoke(main, ["train", str(p), "--set", "train.iterations=2"])
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(l) for l in res.stdout.splitlines() if l.startswith("{")]
+    assert [r["iteration"] for r in rows] == [0, 1]
+    assert (tmp_path / "cli" / "reward.png").is_file()
+    assert (tmp_path / "cli" / "samples" / "final.png").is_file()
+    # resuming a finished run does nothing more and keeps its metrics
+    res = CliRunner().invoke(main, ["train", str(p), "--set", "train.iterations=2", "--resume", "latest"])
+    assert res.exit_code == 0, res.output
+    assert len((tmp_path / "cli" / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.group_size=1", "group_size"),
+    ("model.spec=meissonic", "meissonic:PATH"),
+    ("critical.k=9", "critical.k"),
+    ("train.nope=1", "unknown key"),
+])
+def test_train_bad_input(tmp_path, tiny_shapes_dir, override, message):
+    p = recipe_file(tmp_path, tiny_shapes_dir)
+    res = CliRunner().invoke(main, ["train", str(p), "--set", override])
+    assert res.exit_code == 2
+    assert message in res.output and "Traceback" not in res.output
+    assert len(res.output.strip().splitlines()) == 1
+
+
+def test_pretrain_algorithm_runs(tmp_path):
+    p = tmp_path / "pre.yaml"
+    p.write_text(f"""
+model: {{spec: shapes}}
+train: {{algorithm: pretrain, iterations: 2, batch_size: 8, lr: 1.0e-3}}
+output: {{dir: "{tmp_path / 'pre'}", checkpoint_every: 2}}
+data: {{num_eval_prompts: 0}}
+""")
+    trainer = Trainer(load_recipe(p))
+    before = {k: v.detach().clone() for k, v in trainer.policy.named_parameters()}
+    rows = trainer.run()
+    assert all(math.isfinite(r["loss"]) for r in rows)
+    assert sum(not torch.equal(v, before[k]) for k, v in trainer.policy.named_parameters()) > 0
+    ck = tmp_path / "pre" / "checkpoints" / "step-2"
+    assert {"config.json", "model.safetensors", "tokenizer.safetensors"} <= {f.name for f in ck.iterdir()}
