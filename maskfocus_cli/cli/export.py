@@ -1,10 +1,28 @@
-"""`maskfocus export` (not implemented yet)."""
+"""`maskfocus export CHECKPOINT --to DIR`: a standalone model folder with a model card."""
+
+from __future__ import annotations
 
 import click
 
+from maskfocus_cli.cli.common import emit, stderr
 
-@click.command("export", context_settings={"ignore_unknown_options": True})
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def export(args: tuple) -> None:
-    """Not implemented yet."""
-    raise ValueError("'maskfocus export' is not implemented yet")
+
+@click.command("export")
+@click.argument("checkpoint", metavar="CHECKPOINT")
+@click.option("--to", "to", required=True, metavar="DIR", help="New folder for the exported model.")
+@click.option("--format", "fmt", default="safetensors", show_default=True, type=click.Choice(["safetensors"]),
+              help="Weights format.")
+@click.option("--dtype", default="fp32", show_default=True, type=click.Choice(["fp32", "bf16", "fp16"]),
+              help="Weights dtype of the export.")
+def export(checkpoint, to, fmt, dtype) -> None:
+    """Turn a training checkpoint (runs/X/checkpoints/step-N) into a model folder.
+
+    \b
+    Built-in model:  loadable by --model shapes:DIR
+    Real models:     the original folder layout with the fine-tuned transformer swapped in
+    The folder's README.md records base model, algorithm, recipe and final metrics.
+    """
+    from maskfocus_cli.io.export import export_checkpoint
+    facts = export_checkpoint(checkpoint, to, dtype)
+    stderr.print(f"[green]exported[/] {checkpoint} → {to}")
+    emit(facts)

@@ -1,0 +1,62 @@
+"""Training checkpoint → standalone model folder (+ a model card)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from maskfocus_cli.io.checkpoint import CheckpointError, atomic_write_bytes, read_json
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def export_checkpoint(checkpoint: str | Path, to: str | Path, dtype: str = "fp32") -> dict:
+    """Write a folder loadable by ``--model FAMILY:DIR``; returns the model card facts."""
+    from maskfocus_cli.models.loading import load_model, parse_spec
+    ckpt = Path(checkpoint)
+    if not (ckpt / "trainer.json").is_file():
+        raise CheckpointError(f"{checkpoint} is not a training checkpoint (no trainer.json); expected a folder "
+                              "like runs/NAME/checkpoints/step-N")
+    if dtype not in DTYPES:
+        raise ValueError(f"--dtype {dtype}: use fp32, bf16 or fp16")
+    info = read_json(ckpt / "trainer.json")
+    spec = info.get("model", "shapes")
+    family, _ = parse_spec(spec)
+    out = Path(to)
+    if out.exists() and any(out.iterdir()):
+        raise ValueError(f"--to {to} exists and is not empty: choose a new folder")
+    if family == "shapes":
+        adapter = load_model(f"shapes:{ckpt}", device="cpu")
+    else:
+        adapter = load_model(spec, checkpoint=ckpt, device="cpu")
+    if hasattr(adapter, "merge_lora"):
+        adapter.merge_lora()
+    adapter.transformer.to(DTYPES[dtype])
+    if not hasattr(adapter, "save"):
+        raise ValueError(f"export is not supported for the {family!r} family yet")
+    adapter.save(out)
+    card = {"base_model": spec, "algorithm": info.get("algorithm"), "iteration": info.get("iteration"),
+            "dtype": dtype, "source_checkpoint": str(ckpt), "final_metrics": info.get("last_metrics", {}),
+            "recipe": info.get("recipe", {})}
+    atomic_write_bytes(out / "README.md", model_card(card, family).encode())
+    return {k: v for k, v in card.items() if k != "recipe"} | {"path": str(out), "family": family}
+
+
+def model_card(card: dict, family: str) -> str:
+    m = card.get("final_metrics") or {}
+    reward = m.get("reward", {}).get("mean") if isinstance(m.get("reward"), dict) else None
+    lines = [
+        f"# {family} model fine-tuned with maskfocus", "",
+        f"* base model: `{card['base_model']}`",
+        f"* algorithm: `{card['algorithm']}`",
+        f"* iterations: {card['iteration']}",
+        f"* dtype: {card['dtype']}",
+        f"* exported from: `{card['source_checkpoint']}`",
+    ]
+    if reward is not None:
+        lines.append(f"* reward at the last iteration: {reward:.4f}")
+    lines += ["", f"Load it with `maskfocus sample --model {family}:THIS_FOLDER \"a prompt\"`.", "",
+              "## Recipe", "", "```json", json.dumps(card.get("recipe", {}), indent=2), "```", ""]
+    return "\n".join(lines)
