@@ -50,10 +50,12 @@ class AmusedAdapter(MaskedT2IAdapter):
 
     family = "amused"
     guidance_form = "meissonic"
+    #: model_index.json written by ``save`` when there is no source folder to copy from
+    model_index: dict = MODEL_INDEX
 
     def __init__(self, transformer: nn.Module, vqvae: nn.Module, text_encoder: nn.Module, tokenizer,
                  mask_id: int, source: Path | None = None, aesthetic_score: float = 6.0,
-                 crop_coord: tuple[int, int] = (0, 0)) -> None:
+                 crop_coord: tuple[int, int] = (0, 0), grid: tuple[int, int] | None = None) -> None:
         self.transformer = transformer
         self.vqvae = vqvae
         self.text_encoder = text_encoder
@@ -64,7 +66,7 @@ class AmusedAdapter(MaskedT2IAdapter):
         self._mask_id = int(mask_id)
         cfg = transformer.config
         self._codebook = int(cfg.codebook_size)
-        self._grid = (int(cfg.sample_size), int(cfg.sample_size))
+        self._grid = grid if grid is not None else (int(cfg.sample_size), int(cfg.sample_size))
         self.vae_scale = 2 ** (len(vqvae.config.block_out_channels) - 1)
         if not self._codebook <= self._mask_id < int(cfg.vocab_size):
             raise ModelFolderError(f"mask token id {self._mask_id} is outside the transformer's extra "
@@ -95,11 +97,16 @@ class AmusedAdapter(MaskedT2IAdapter):
         row = torch.tensor([w, h, self.crop_coord[0], self.crop_coord[1], self.aesthetic_score])
         return row.unsqueeze(0).expand(batch, -1).clone()
 
+    @property
+    def text_max_length(self) -> int:
+        """Prompts are padded/truncated to this many tokens (the pipeline's choice)."""
+        return int(self.tokenizer.model_max_length)
+
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> Cond:
         dev = next(self.text_encoder.parameters()).device
         ids = self.tokenizer(list(prompts), return_tensors="pt", padding="max_length", truncation=True,
-                             max_length=self.tokenizer.model_max_length).input_ids.to(dev)
+                             max_length=self.text_max_length).input_ids.to(dev)
         out = self.text_encoder(ids, return_dict=True, output_hidden_states=True)
         hidden = out.hidden_states[-2]
         return {"encoder_hidden_states": hidden, "pooled_text_emb": out.text_embeds,
@@ -157,69 +164,78 @@ class AmusedAdapter(MaskedT2IAdapter):
                     else:
                         shutil.copy2(src / c, tmp / c)
                 return
-            from diffusers import AmusedScheduler
             self.vqvae.save_pretrained(tmp / "vqvae", safe_serialization=True)
             self.text_encoder.save_pretrained(tmp / "text_encoder")
             self.tokenizer.save_pretrained(tmp / "tokenizer")
-            AmusedScheduler(mask_token_id=self._mask_id).save_pretrained(tmp / "scheduler")
-            (tmp / "model_index.json").write_text(json.dumps(MODEL_INDEX, indent=2) + "\n")
+            self._save_scheduler(tmp / "scheduler")
+            (tmp / "model_index.json").write_text(json.dumps(self.model_index, indent=2) + "\n")
 
         save_folder_atomically(Path(folder), fill)
 
+    def _save_scheduler(self, folder: Path) -> None:
+        from diffusers import AmusedScheduler
+        AmusedScheduler(mask_token_id=self._mask_id).save_pretrained(folder)
+
 
 # ---------------------------------------------------------------------- loading
-def _load_transformer(folder: Path, dtype: torch.dtype) -> nn.Module:
+def load_transformer(folder: Path, cls: type, family: str, dtype: torch.dtype,
+                     class_names: tuple[str, ...] | None = None) -> nn.Module:
+    """Build ``cls`` from transformer/config.json without random init and load its weights strictly."""
     from accelerate import init_empty_weights
-    from diffusers import UVit2DModel
     cfg_path = folder / "transformer" / "config.json"
     cfg = read_config(cfg_path)
-    expect_class(cfg, cfg_path, "UVit2DModel", "amused")
+    expect_class(cfg, cfg_path, class_names or (cls.__name__,), family)
     try:
         with init_empty_weights():
-            model = UVit2DModel.from_config(cfg)
+            model = cls.from_config(cfg)
     except (TypeError, ValueError) as e:
-        raise ModelFolderError(f"{cfg_path} is not a usable UVit2DModel config ({e})") from None
+        raise ModelFolderError(f"{cfg_path} is not a usable {cls.__name__} config ({e})") from None
     load_state_strict(model, weight_files(folder / "transformer", "diffusion_pytorch_model"))
-    return nn.Module.to(model, dtype)  # plain cast: UVit2D keeps no fp32-only modules
+    return nn.Module.to(model, dtype)  # plain cast: no fp32-only modules in these transformers
 
 
-def _read_mask_id(folder: Path, vocab_size: int) -> int:
+def read_mask_id(folder: Path, vocab_size: int) -> int:
     sched = folder / "scheduler" / "scheduler_config.json"
     if sched.is_file():
         return int(read_config(sched)["mask_token_id"])
     return vocab_size - 1  # the aMUSEd convention (8255 for vocab 8256)
 
 
-def load(path: str, device: str = "cpu", dtype: torch.dtype = torch.float32) -> AmusedAdapter:
-    """Load an aMUSEd pipeline folder (or hub id) as an adapter on ``device`` in ``dtype``.
+def load_frozen_components(folder: Path, family: str, transformer: nn.Module, dtype: torch.dtype):
+    """VQ decoder, CLIP text encoder (with projection) and tokenizer of a pipeline folder.
 
     The VQ decoder stays in float32 when its config asks for ``force_upcast``
-    (fp16/bf16 VQ-GAN decoding overflows), as the pipeline does.
+    (fp16/bf16 VQ-GAN decoding overflows), as the pipelines do.
     """
     from diffusers import VQModel
     from transformers import CLIPTextModelWithProjection, CLIPTokenizer
-    check_device_dtype(device, dtype)
-    folder = resolve_folder(path, "amused", LAYOUT, allow_patterns=[
-        "model_index.json", "scheduler/*", "tokenizer/*", "text_encoder/*.json", "text_encoder/*.safetensors",
-        "vqvae/*.json", "vqvae/*.safetensors", "transformer/*.json", "transformer/*.safetensors"])
-    transformer = _load_transformer(folder, dtype)
-
     vq_cfg_path = folder / "vqvae" / "config.json"
     vq_cfg = read_config(vq_cfg_path)
-    expect_class(vq_cfg, vq_cfg_path, "VQModel", "amused")
+    expect_class(vq_cfg, vq_cfg_path, "VQModel", family)
     vq_dtype = torch.float32 if vq_cfg.get("force_upcast", False) else dtype
     vqvae = VQModel.from_pretrained(folder / "vqvae", torch_dtype=vq_dtype)
     if int(vqvae.config.num_vq_embeddings) != int(transformer.config.codebook_size):
         raise ModelFolderError(f"{folder}: vqvae has {vqvae.config.num_vq_embeddings} codes but the "
                                f"transformer predicts {transformer.config.codebook_size}")
-
     te_cfg_path = folder / "text_encoder" / "config.json"
-    expect_class(read_config(te_cfg_path), te_cfg_path, "CLIPTextModelWithProjection", "amused",
+    expect_class(read_config(te_cfg_path), te_cfg_path, "CLIPTextModelWithProjection", family,
                  key="architectures")
     text_encoder = CLIPTextModelWithProjection.from_pretrained(folder / "text_encoder", dtype=dtype)
     tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
+    return vqvae, text_encoder, tokenizer
 
-    mask_id = _read_mask_id(folder, int(transformer.config.vocab_size))
+
+def load(path: str, device: str = "cpu", dtype: torch.dtype = torch.float32) -> AmusedAdapter:
+    """Load an aMUSEd pipeline folder (or hub id) as an adapter on ``device`` in ``dtype``."""
+    check_device_dtype(device, dtype)
+    folder = resolve_folder(path, "amused", LAYOUT, allow_patterns=[
+        "model_index.json", "scheduler/*", "tokenizer/*", "text_encoder/*.json", "text_encoder/*.safetensors",
+        "vqvae/*.json", "vqvae/*.safetensors", "transformer/*.json", "transformer/*.safetensors"])
+    from diffusers import UVit2DModel
+    transformer = load_transformer(folder, UVit2DModel, "amused", dtype)
+
+    vqvae, text_encoder, tokenizer = load_frozen_components(folder, "amused", transformer, dtype)
+    mask_id = read_mask_id(folder, int(transformer.config.vocab_size))
     for m in (transformer, vqvae, text_encoder):
         m.to(device).eval().requires_grad_(False)
     return AmusedAdapter(transformer, vqvae, text_encoder, tokenizer, mask_id, source=folder)
