@@ -1,10 +1,111 @@
-"""`maskfocus profile-steps` (not implemented yet)."""
+"""`maskfocus profile-steps`: which sampling steps are critical for this model and step count.
+
+Table on stderr, one JSON line per (prompt, step) on stdout, OUT/profile.png and
+OUT/summary.json (the recommended critical steps).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
 
 import click
 
+from maskfocus_cli.cli.common import (emit, ensure_writable_dir, model_options, progress, read_prompts,
+                                      sampler_options, settings_from, stderr)
 
-@click.command("profile-steps", context_settings={"ignore_unknown_options": True})
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def profile_steps(args: tuple) -> None:
-    """Not implemented yet."""
-    raise ValueError("'maskfocus profile-steps' is not implemented yet")
+
+def profile_table(result, title: str = ""):
+    """Rich table: one row per step, recommended critical steps starred."""
+    from rich.table import Table
+    crit = set(result.critical_steps.tolist())
+    freq = result.selection_frequency.tolist()
+    n_prompts = len(result.prompts)
+    table = Table(title=title or "step profile", show_edge=False, header_style="bold")
+    for name in ("step", "mask ratio", "mean entropy", "similarity", "gain", "selected", ""):
+        table.add_column(name, justify="right")
+    rows = zip(result.mask_ratio, result.mean_entropy.tolist(), result.mean_similarity.tolist(),
+               result.mean_gain.tolist(), freq)
+    for t, (r, h, s, g, f) in enumerate(rows):
+        star = "★" if t in crit else ""
+        style = "bold red" if t in crit else None
+        table.add_row(str(t), f"{r:.3f}", f"{h:.3f}", f"{s:.4f}", f"{g:.4f}", f"{f}/{n_prompts}", star,
+                      style=style)
+    return table
+
+
+@click.command("profile-steps")
+@click.argument("prompt_args", nargs=-1, metavar="[PROMPT]...")
+@click.option("--prompts", "prompts_file", default=None, metavar="FILE|-",
+              help="Prompt file (one per line, or GenEval .jsonl rows), '-' for stdin.")
+@model_options
+@sampler_options
+@click.option("--n", "n", default=4, show_default=True, type=int,
+              help="Images per prompt; they form the batch whose mean gain picks the prompt's steps.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of image 0; image j uses seed+j.")
+@click.option("--batch-size", default=64, show_default=True, type=int, help="Images per forward batch.")
+@click.option("--embed", default="codebook", show_default=True, type=click.Choice(["codebook", "pixels", "clip"]),
+              help="Embedding of x̂0 for the step similarity: VQ codebook vectors, decoded pixels, or CLIP.")
+@click.option("--clip-model", default="ViT-B-32", show_default=True, help="open_clip architecture for --embed clip.")
+@click.option("--clip-weights", default=None, metavar="PATH",
+              help="Local open_clip weights file for --embed clip (nothing is downloaded).")
+@click.option("--top-k", "top_k", default=3, show_default=True, type=int, help="Critical steps to pick.")
+@click.option("--routing", is_flag=True, help="Profile rollouts sampled with entropy-based dynamic routing.")
+@click.option("--strip", "strip_prompts", default=4, show_default=True, type=click.IntRange(0, 16),
+              help="Prompts shown in the x̂0 image strip of profile.png (0 = none).")
+@click.option("--out", "out", default="profile", show_default=True, metavar="DIR", help="Output folder.")
+def profile_steps(prompt_args, prompts_file, model_spec, checkpoint, device, dtype, steps, cfg, schedule,
+                  temperature, gumbel, n, seed, batch_size, embed, clip_model, clip_weights, top_k, routing,
+                  strip_prompts, out) -> None:
+    """Profile per-step information gain and entropy; print one JSON line per (prompt, step).
+
+    \b
+    maskfocus profile-steps --prompts prompts.txt --steps 16 --top-k 3 --out PROFILE
+    maskfocus profile-steps "a photo of a red circle" --n 8 --out P | jq 'select(.critical)'
+    """
+    from maskfocus_cli.engine.critical import make_embedder
+    from maskfocus_cli.engine.profile import check_profile_options, profile_steps as run_profile
+    from maskfocus_cli.io.checkpoint import atomic_write_json
+    from maskfocus_cli.io.profile_plot import write_profile_plot
+    from maskfocus_cli.models.loading import load_model
+
+    prompts, _ = read_prompts(prompt_args, prompts_file)
+    settings = settings_from(steps, cfg, schedule, temperature, gumbel)
+    check_profile_options(steps, top_k, n, batch_size)
+    if embed == "clip":  # fail on missing CLIP weights before loading any model
+        if clip_weights is None:
+            make_embedder("clip", None, clip_model, None)  # raises the how-to message, touches nothing
+        if not Path(clip_weights).is_file():
+            raise ValueError(f"--clip-weights {clip_weights}: file not found (a local open_clip weights file)")
+    out_dir = ensure_writable_dir(out)
+    adapter = load_model(model_spec, checkpoint, device, dtype)
+    adapter.encode_prompts(sorted(set(prompts)))  # reject bad prompts before any sampling
+    embedder = make_embedder(embed, adapter, clip_model, clip_weights)
+    router = None
+    if routing:
+        from maskfocus_cli.engine.routing import EntropyRouter
+        router = EntropyRouter()
+
+    def on_prompt(prof) -> None:  # stream each prompt's rows as soon as it is done
+        for row in prof.rows():
+            emit(row)
+
+    with progress() as bar:
+        task = bar.add_task("profiling", total=len(prompts) * n)
+        result = run_profile(adapter, prompts, settings, embedder, top_k=top_k, n=n, seed=seed,
+                             batch_size=batch_size, router=router, strip_prompts=strip_prompts,
+                             on_prompt=on_prompt, on_batch=lambda k: bar.advance(task, k))
+
+    facts = {"model": model_spec, "embed": embed}
+    if checkpoint:
+        facts["checkpoint"] = str(checkpoint)
+    summary = result.summary(**facts, images_per_prompt=n, seed=seed, cfg=cfg, schedule=schedule,
+                             routing=routing)
+    atomic_write_json(out_dir / "summary.json", summary)
+    write_profile_plot(result, out_dir / "profile.png",
+                       title=f"{model_spec}: T={steps}, {len(prompts)} prompts × {n} images, embed={embed}")
+    stderr.print(profile_table(result, title=f"step profile ({len(prompts)} prompts × {n} images, "
+                                             f"embed={embed}{', routing' if routing else ''})"))
+    conc = summary["gain_concentration"]
+    stderr.print(f"recommended critical steps (top-{top_k} of mean gain): {summary['critical_steps']}"
+                 + (f" — {conc:.0%} of the total gain" if conc is not None else ""))
+    stderr.print(f"wrote {out_dir / 'summary.json'} and {out_dir / 'profile.png'}")
