@@ -45,12 +45,16 @@ class SamplerSettings:
 
 # --------------------------------------------------------------------------- schedule
 def mask_ratio(step: int, total: int, schedule: Schedule = "cosine") -> float:
-    """r_t: fraction of tokens still masked *after* step t."""
-    frac = (step + 1) / total
+    """r_t: fraction of tokens still masked *after* step t.
+
+    Computed in float32 like diffusers' AmusedScheduler and Meissonic's scheduler, so
+    floor(N r_t) matches theirs exactly (float64 differs when (t+1)/T = 2/3).
+    """
+    frac = (torch.tensor(step, dtype=torch.float32) + 1) / total
     if schedule == "cosine":
-        return math.cos(math.pi / 2 * frac)
+        return float(torch.cos(frac * math.pi / 2))
     if schedule == "linear":
-        return 1.0 - frac
+        return float(1 - frac)
     raise ValueError(f"unknown schedule {schedule!r}")
 
 
@@ -65,7 +69,7 @@ def mask_counts(num_tokens: int, total: int, schedule: Schedule = "cosine") -> l
         if t == total - 1:
             counts.append(0)
             continue
-        n = math.floor(num_tokens * mask_ratio(t, total, schedule))
+        n = int(torch.floor(torch.tensor(num_tokens, dtype=torch.float32) * mask_ratio(t, total, schedule)))
         n = max(1, min(counts[-1] - 1, n))
         counts.append(n)
     return counts

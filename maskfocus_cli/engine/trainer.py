@@ -375,105 +375,92 @@ class Trainer:
         gen = torch.Generator().manual_seed(derive_seed(self.cfg.seed, it, self.acc.process_index, "steps"))
         return select_steps(self.selector, T, self.recipe.critical.k, gain, self.recipe.critical.reduction, gen)
 
+    def _units(self, b: int, steps: torch.Tensor) -> list[tuple[int, int, torch.Tensor]]:
+        """(j, t, rows) work units; each is ONE forward and ONE backward (what DDP expects)."""
+        mb = self.cfg.micro_batch
+        units = []
+        for j in range(steps.shape[-1]):
+            for lo in range(0, b, mb):
+                rows = torch.arange(lo, min(b, lo + mb))
+                if steps.dim() == 2:  # a step set per image: one forward per distinct step
+                    ts = steps[rows, j]
+                    units += [(j, int(t), rows[ts == t]) for t in ts.unique().tolist()]
+                else:
+                    units.append((j, int(steps[j]), rows))
+        return units
+
     def _accumulate(self, sub: Trajectory, idx: torch.Tensor, steps: torch.Tensor, cond, uncond,
                     adv_local: torch.Tensor, it: int, mine_t: torch.Tensor, old: dict, n_keep_global: int,
                     epoch: int) -> dict:
-        """All backward passes of one optimiser step; gradients all-reduce on the last one only."""
+        """All backward passes of one optimiser step; gradients all-reduce on the last one only.
+
+        Every rank runs the same number of backward passes (short ranks add zero-weight
+        passes), and only the last one synchronises, so DDP sums exactly once.
+        """
         cfg, acc = self.cfg, self.acc
-        mb = cfg.micro_batch
-        b = idx.numel()
-        T, N = self.settings.steps, self.adapter.num_tokens
-        per_sample_steps = steps.dim() == 2
-        n_steps = steps.shape[-1]
-        n_mb_local = math.ceil(b / mb) if b else 0
-        n_mb = int(acc.gather(torch.tensor([n_mb_local], device=acc.device)).max()) if acc.num_processes > 1 \
-            else n_mb_local
-        total_calls = n_steps * n_mb
-        scale = acc.num_processes / (n_keep_global * n_steps)
-        loss_cond = index_cond(cond, idx.to(cond[next(iter(cond))].device))
-        loss_uncond = index_cond(uncond, idx.to(cond[next(iter(cond))].device)) if (
-            uncond is not None and cfg.loss_guidance) else None
+        units = self._units(idx.numel(), steps)
+        n_units = len(units)
+        if acc.num_processes > 1:
+            n_units = int(acc.gather(torch.tensor([n_units], device=acc.device)).max())
+        scale = acc.num_processes / (n_keep_global * steps.shape[-1])
+        dev = self.adapter.device
+        loss_cond = index_cond(cond, idx.to(dev))
+        loss_uncond = index_cond(uncond, idx.to(dev)) if uncond is not None and cfg.loss_guidance else None
         settings = self.settings if cfg.loss_guidance else SamplerSettings(
-            steps=T, guidance_scale=1.0 if self.adapter.guidance_form == "meissonic" else 0.0,
+            steps=self.settings.steps, guidance_scale=1.0 if self.adapter.guidance_form == "meissonic" else 0.0,
             schedule=self.settings.schedule, logit_temperature=self.settings.logit_temperature)
         out = {"loss": 0.0, "kl": 0.0, "clipped": 0.0, "elements": 0.0}
-        call = 0
-        for j in range(n_steps):
-            for m in range(n_mb):
-                call += 1
-                lo, hi = m * mb, min(b, (m + 1) * mb)
-                sync = call == total_calls
-                ctx = nullcontext() if sync or acc.num_processes == 1 else acc.no_sync(self.net)
-                with ctx:
-                    if lo >= hi:  # this rank has fewer micro-batches: a zero-weight pass keeps DDP in step
-                        loss = self._dummy_loss(sub, loss_cond, loss_uncond, settings)
-                        acc.backward(loss * 0.0)
-                        continue
-                    rows = torch.arange(lo, hi)
-                    res = self._step_loss(sub, rows, steps, j, per_sample_steps, loss_cond, loss_uncond,
-                                          settings, adv_local[idx[rows]], it, mine_t[idx[rows]], old, epoch)
-                    acc.backward(res.loss_sum * scale)
-                out["loss"] += float(res.loss_sum.detach()) * scale / acc.num_processes
-                out["kl"] += res.kl_sum / max(1, b * n_steps)
-                out["clipped"] += res.clip_count
-                out["elements"] += res.elements
+        for u in range(n_units):
+            sync = u == n_units - 1
+            with nullcontext() if sync or acc.num_processes == 1 else acc.no_sync(self.net):
+                if u >= len(units):  # this rank has less work: a zero-weight pass keeps DDP in step
+                    acc.backward(self._dummy_loss(sub, loss_cond) * 0.0)
+                    continue
+                j, t, rows = units[u]
+                res = self._unit_loss(sub, rows, j, t, loss_cond, loss_uncond, settings, adv_local[idx[rows]],
+                                      it, mine_t[idx[rows]], old, epoch)
+                acc.backward(res.loss_sum * scale)
+            out["loss"] += float(res.loss_sum.detach()) * scale / acc.num_processes
+            out["kl"] += res.kl_sum / max(1, idx.numel() * steps.shape[-1])
+            out["clipped"] += res.clip_count
+            out["elements"] += res.elements
         return out
 
-    def _dummy_loss(self, sub, cond, uncond, settings):
-        tokens = sub.final[:1] if sub.final.shape[0] else torch.full(
-            (1, self.adapter.num_tokens), self.adapter.mask_id, device=self.adapter.device)
-        c = index_cond(cond, slice(0, 1)) if sub.final.shape[0] else self.encoder([""])
-        logits = self.adapter.logits(tokens, c, step_info(0, self.settings.steps, self.adapter.num_tokens,
-                                                          sub.counts), None, 0.0, net=self.net)
-        return logits.sum()
+    def _dummy_loss(self, sub: Trajectory, cond) -> torch.Tensor:
+        if sub.final.shape[0]:
+            tokens, c = sub.final[:1], index_cond(cond, slice(0, 1))
+        else:
+            tokens = torch.full((1, self.adapter.num_tokens), self.adapter.mask_id, device=self.adapter.device)
+            c = self.encoder([""])
+        info = step_info(0, self.settings.steps, self.adapter.num_tokens, sub.counts)
+        return self.adapter.logits(tokens, c, info, None, 0.0, net=self.net).sum()
 
-    def _step_loss(self, sub: Trajectory, rows: torch.Tensor, steps: torch.Tensor, j: int, per_sample: bool,
-                   cond, uncond, settings: SamplerSettings, adv: torch.Tensor, it: int, global_idx: torch.Tensor,
-                   old: dict, epoch: int):
+    def _unit_loss(self, sub: Trajectory, rows: torch.Tensor, j: int, t: int, cond, uncond,
+                   settings: SamplerSettings, adv: torch.Tensor, it: int, global_idx: torch.Tensor, old: dict,
+                   epoch: int):
+        """The configured estimator on one (step, rows) unit; π_old is cached from epoch 0."""
         cfg = self.cfg
         T, N = self.settings.steps, self.adapter.num_tokens
         dev = self.adapter.device
         c = index_cond(cond, rows.to(dev))
         u = index_cond(uncond, rows.to(dev)) if uncond is not None else None
         adv = adv.to(dev)
-        key = (j, int(rows[0]))
+        info = step_info(t, T, N, sub.counts)
+        key = (j, t, int(rows[0]))
         if cfg.algorithm == "mask-grpo":
-            t = int(steps[j])
-            info = step_info(t, T, N, sub.counts)
             temp = sub.temperature[t, rows] if sub.temperature is not None else None
             nxt = sub.states[t + 1, rows] if t + 1 < T else sub.final[rows]
             res = mask_grpo_step_loss(self.adapter, self.net, sub.states[t, rows], nxt, sub.x0[t, rows],
                                       sub.newly[t, rows], sub.threshold[t, rows], c, u, info, adv, settings,
                                       old.get(key), temp, cfg.remask_term, cfg.clip_low, cfg.clip_high)
         else:
-            if per_sample:
-                # a step set per image: group rows by their step so each forward has one timestep
-                ts = steps[rows, j]
-                results = [self._maskfocus_rows(sub, rows[ts == t], int(t), cond, uncond, settings,
-                                                adv[ts == t], it, global_idx[ts == t], old, j)
-                           for t in ts.unique().tolist()]
-                return _sum_losses(results)
-            t = int(steps[j])
-            return self._maskfocus_rows(sub, rows, t, cond, uncond, settings, adv, it, global_idx, old, j)
+            gens = [torch.Generator().manual_seed(derive_seed(cfg.seed, it, int(g), t, "remask"))
+                    for g in global_idx]
+            final = sub.final[rows]
+            masked = random_remask(final, sub.counts[t], gens)
+            res = maskfocus_step_loss(self.adapter, self.net, self.reference, final, masked, c, u, info, adv,
+                                      settings, old.get(key), cfg.kl_beta, cfg.clip_low, cfg.clip_high)
         if epoch == 0:
-            old[key] = res.logp
-        return res
-
-    def _maskfocus_rows(self, sub, rows, t, cond, uncond, settings, adv, it, global_idx, old, j):
-        T, N = self.settings.steps, self.adapter.num_tokens
-        dev = self.adapter.device
-        gens = [torch.Generator().manual_seed(derive_seed(self.cfg.seed, it, int(g), t, "remask"))
-                for g in global_idx]
-        final = sub.final[rows]
-        masked = random_remask(final, sub.counts[t], gens)
-        info = step_info(t, T, N, sub.counts)
-        key = (j, t, int(rows[0]))
-        res = maskfocus_step_loss(self.adapter, self.net, self.reference, final, masked,
-                                  index_cond(cond, rows.to(dev)),
-                                  index_cond(uncond, rows.to(dev)) if uncond is not None else None,
-                                  info, adv, settings, old.get(key), self.cfg.kl_beta,
-                                  self.cfg.clip_low, self.cfg.clip_high)
-        if key not in old:
             old[key] = res.logp
         return res
 
@@ -504,7 +491,3 @@ def _mean_std(x: torch.Tensor) -> dict:
     return {"mean": float(x.float().mean()), "std": float(x.float().std(unbiased=False))}
 
 
-def _sum_losses(results):
-    from maskfocus_cli.engine.grpo import StepLoss
-    return StepLoss(sum(r.loss_sum for r in results), torch.empty(0), sum(r.kl_sum for r in results),
-                    sum(r.clip_count for r in results), sum(r.elements for r in results))
