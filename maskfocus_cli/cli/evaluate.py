@@ -1,10 +1,229 @@
-"""`maskfocus evaluate` (not implemented yet)."""
+"""`maskfocus evaluate`: generate (or read) benchmark images, score them, print the paper's table."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
 
 import click
+from click.core import ParameterSource
+
+from maskfocus_cli.cli.common import emit, ensure_writable_dir, model_options, progress, sampler_options, \
+    settings_from, stderr
+
+BENCHES = ("geneval", "t2i-compbench", "shapes")
+T2I_SCORED = ("color", "shape", "texture", "spatial", "non_spatial", "numeracy", "complex")
+DEFAULT_DETECTOR = "facebook/mask2former-swin-small-coco-instance"
+DEFAULT_BLIP = "Salesforce/blip-vqa-capfilt-large"
+DEFAULT_CLIP_ARCH = {"geneval": "ViT-L-14", "t2i-compbench": "ViT-B-32"}  # GenEval colours; T2I CLIPScore
+#: parameter → flag of the options that only mean something when generating
+GENERATE_ONLY = {"model_spec": "--model", "checkpoint": "--checkpoint", "n": "--n", "seed": "--seed",
+                 "steps": "--steps", "cfg": "--cfg", "schedule": "--schedule", "temperature": "--temperature",
+                 "gumbel": "--gumbel", "batch_size": "--batch-size", "num_prompts": "--num-prompts",
+                 "prompt_seed": "--prompt-seed", "prompt_file": "--metadata/--prompts"}
 
 
-@click.command("evaluate", context_settings={"ignore_unknown_options": True})
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def evaluate(args: tuple) -> None:
-    """Not implemented yet."""
-    raise ValueError("'maskfocus evaluate' is not implemented yet")
+def _given(ctx: click.Context, name: str) -> bool:
+    return ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP, None)
+
+
+def _bar_callback(bar, label: str):
+    """(done, total) progress callback driving one rich task created on the first call."""
+    state: dict = {}
+
+    def update(done: int, total: int) -> None:
+        if "task" not in state:
+            state["task"] = bar.add_task(label, total=total)
+        bar.update(state["task"], completed=done, total=total)
+    return update
+
+
+@click.command("evaluate")
+@click.option("--bench", required=True, type=click.Choice(BENCHES),
+              help="geneval | t2i-compbench | shapes (GenEval rules on the built-in shapes world).")
+@click.option("--images", "images_dir", default=None, metavar="DIR",
+              help="Score-only: an images folder in the bench's official layout (from any tool); nothing is "
+                   "generated.")
+@click.option("--metadata", "--prompts", "prompt_file", default=None, metavar="PATH",
+              help="Prompt file: GenEval evaluation_metadata.jsonl (geneval, shapes) or {category}_val.txt "
+                   "(t2i-compbench, one --category). Default: cached official file, downloaded on first use; "
+                   "shapes: held-out shapes prompts.")
+@click.option("--category", "categories", multiple=True, type=click.Choice(T2I_SCORED),
+              help="T2I-CompBench category, repeatable (default: all seven scored ones; 3d_spatial needs a "
+                   "depth model).")
+@model_options
+@sampler_options
+@click.option("--n", "n", default=None, type=int,
+              help="Images per prompt [default: 4 for geneval/shapes, 10 for t2i-compbench].")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of image 0; image j uses seed+j.")
+@click.option("--batch-size", default=64, show_default=True, type=int, help="Images per sampling batch.")
+@click.option("--score-batch-size", default=16, show_default=True, type=int,
+              help="Images per scoring batch when reading --images.")
+@click.option("--num-prompts", default=96, show_default=True, type=int,
+              help="shapes: number of held-out prompts (tag-balanced).")
+@click.option("--prompt-seed", default=0, show_default=True, type=int, help="shapes: seed of the prompt draw.")
+@click.option("--detector", "detector_path", default=DEFAULT_DETECTOR, show_default=True, metavar="PATH",
+              help="Mask2Former COCO instance-segmentation folder (geneval; t2i spatial/numeracy/complex).")
+@click.option("--clip", "clip", default="openai", show_default=True, metavar="PATH|TAG",
+              help="open_clip folder (open_clip_config.json + weights), checkpoint file, or pretrained tag "
+                   "(tags download). geneval: colour classifier; t2i-compbench: CLIPScore.")
+@click.option("--clip-arch", default=None, metavar="NAME",
+              help="open_clip architecture for a --clip file or tag [default: ViT-L-14 geneval, ViT-B-32 t2i].")
+@click.option("--blip", "blip_path", default=DEFAULT_BLIP, show_default=True, metavar="PATH",
+              help="BLIP-VQA model folder (t2i-compbench color/shape/texture/complex).")
+@click.option("--complex-spatial", default=None, metavar="PATH",
+              help="t2i-compbench complex: complex_val_spatial.txt (default: cached official file).")
+@click.option("--complex-action", default=None, metavar="PATH",
+              help="t2i-compbench complex: complex_val_action.txt (default: cached official file).")
+@click.option("--out", "out", default=None, metavar="DIR",
+              help="Output folder: images (official layout), results.jsonl, summary.json, run.json "
+                   "[default: eval-<bench>; with --images: the images folder].")
+@click.option("--compare", "compare", default=None, metavar="SUMMARY",
+              help="summary.json of another run: print both side by side with deltas.")
+@click.option("--fresh", is_flag=True, help="Discard results.jsonl in --out instead of resuming from it.")
+@click.pass_context
+def evaluate(ctx, bench, images_dir, prompt_file, categories, model_spec, checkpoint, device, dtype, steps, cfg,
+             schedule, temperature, gumbel, n, seed, batch_size, score_batch_size, num_prompts, prompt_seed,
+             detector_path, clip, clip_arch, blip_path, complex_spatial, complex_action, out, compare,
+             fresh) -> None:
+    """Score a model (or a folder of images) on GenEval, T2I-CompBench or the shapes bench.
+
+    Generate-and-score: images from --model go to --out in the official layout
+    (GenEval: OUT/<00000>/samples/<0000>.png + metadata.jsonl; T2I-CompBench:
+    OUT/<category>/samples/{prompt}_{idx:06}.png), every image is scored into
+    OUT/results.jsonl (one row per image: correct/score, reason, detections) and
+    OUT/summary.json. Score-only: --images DIR (same layouts). A re-run resumes:
+    images already in results.jsonl are skipped.
+
+    stdout gets exactly one JSON line, the summary (as in summary.json); the
+    table, progress and images/s go to stderr.
+
+    \b
+    maskfocus evaluate --bench shapes --out EVAL
+    maskfocus evaluate --bench shapes --images EVAL --out RESCORED --compare EVAL/summary.json
+    maskfocus evaluate --bench geneval --images GENEVAL_IMAGES --detector m2f/ --clip clip-vit-l-14/
+    maskfocus evaluate --bench t2i-compbench --category color --model meissonic:DIR --blip blip-vqa/
+    """
+    from maskfocus_cli.bench import report, runner
+    from maskfocus_cli.bench.geneval import GenEvalThresholds
+    from maskfocus_cli.models.loading import resolve_device
+
+    if n is not None and n < 1:
+        raise ValueError(f"--n must be at least 1 (got {n})")
+    if images_dir is not None:
+        clash = [flag for name, flag in GENERATE_ONLY.items() if _given(ctx, name)]
+        if clash:
+            raise ValueError(f"--images scores existing images; {', '.join(clash)} only apply when generating "
+                             f"(drop them or drop --images)")
+    if categories and bench != "t2i-compbench":
+        raise ValueError("--category is for --bench t2i-compbench")
+    other = report.read_summary(compare) if compare else None  # a bad --compare fails before any work
+    n = n or runner.DEFAULT_N[bench]
+    cats = list(categories) or list(T2I_SCORED)
+    generating = images_dir is None
+
+    # prompts first: a malformed prompt file should fail before any model loads
+    if generating:
+        settings = settings_from(steps, cfg, schedule, temperature, gumbel)
+        if bench == "t2i-compbench":
+            if prompt_file is not None and len(cats) != 1:
+                raise ValueError("--prompts selects one category's prompt file: pass exactly one --category")
+            from maskfocus_cli.bench.prompts import load_t2i_compbench
+            prompts = {c: load_t2i_compbench(c, prompt_file) for c in cats}
+        elif bench == "geneval":
+            from maskfocus_cli.bench.prompts import GENEVAL_COLORS, load_geneval_metadata
+            metadata = load_geneval_metadata(prompt_file, colors=GENEVAL_COLORS)
+        else:
+            metadata = _shapes_metadata(prompt_file, num_prompts, prompt_seed)
+    out_dir = ensure_writable_dir(out or images_dir or f"eval-{bench}")
+
+    # scorer: weights load (or fail with how to supply them) before anything is generated
+    dev = str(resolve_device(device))
+    thr = GenEvalThresholds()
+    if bench == "shapes":
+        from maskfocus_cli.shapes.detector import ShapesDetector
+        detector = ShapesDetector()
+        scorer_info = {"detector": "shapes", "thresholds": dataclasses.asdict(thr)}
+    elif bench == "geneval":
+        arch = clip_arch or DEFAULT_CLIP_ARCH["geneval"]
+        detector = runner.geneval_detector(detector_path, clip, arch, device=dev, score_threshold=thr.score,
+                                           max_per_class=thr.max_objects)
+        scorer_info = {"detector": str(detector_path), "clip": str(clip), "clip_arch": arch,
+                       "thresholds": dataclasses.asdict(thr)}
+    else:
+        arch = clip_arch or DEFAULT_CLIP_ARCH["t2i-compbench"]
+        scorers = _t2i_scorers(cats, blip_path, detector_path, clip, arch, dev, complex_spatial, complex_action)
+        scorer_info = {"blip": str(blip_path), "detector": str(detector_path), "clip": str(clip),
+                       "clip_arch": arch}
+
+    if generating:
+        from maskfocus_cli.models.loading import load_model
+        adapter = load_model(model_spec, checkpoint, device, dtype)
+        generation = runner.Generation(adapter, settings, n=n, seed=seed, batch_size=batch_size)
+        model_info = {"model": model_spec, "checkpoint": str(checkpoint) if checkpoint else None}
+
+    with progress() as bar:
+        cb = _bar_callback(bar, "generating + scoring" if generating else "scoring")
+        if not generating and bench == "t2i-compbench":
+            _, summary = runner.score_t2i_dir(images_dir, scorers, out=out_dir, scorer_info=scorer_info,
+                                              batch_size=score_batch_size, fresh=fresh, on_progress=cb)
+        elif not generating:
+            _, summary = runner.score_geneval_dir(images_dir, detector, out=out_dir, bench=bench, thresholds=thr,
+                                                  scorer_info=scorer_info, batch_size=score_batch_size,
+                                                  fresh=fresh, on_progress=cb)
+        elif bench == "t2i-compbench":
+            _, summary = runner.run_t2i_compbench(out_dir, prompts, scorers, generation, scorer_info=scorer_info,
+                                                  model_info=model_info, fresh=fresh, on_progress=cb)
+        else:
+            _, summary = runner.run_geneval_like(out_dir, metadata, detector, generation, bench=bench,
+                                                 thresholds=thr, scorer_info=scorer_info, model_info=model_info,
+                                                 fresh=fresh, on_progress=cb)
+
+    stderr.print(report.summary_table(summary))
+    rate = summary.get("images_per_second_scored")
+    fresh_n = summary.get("newly_scored", 0)
+    resumed = summary.get("images", 0) - fresh_n
+    stderr.print(f"scored {fresh_n} images" + (f" at {rate:.1f} images/s" if rate else "")
+                 + (f"; {resumed} reused from {out_dir / runner.RESULTS}" if resumed else "")
+                 + f"; summary in {out_dir / runner.SUMMARY}")
+    if other is not None:
+        stderr.print(report.compare_table(summary, other, (_short(out_dir), _short(Path(compare)))))
+    emit(summary)
+
+
+def _short(path: Path) -> str:
+    """A run's name for the compare table: its folder name (OUT for OUT/summary.json)."""
+    path = Path(path)
+    return (path.parent if path.name == "summary.json" else path).resolve().name or str(path)
+
+
+def _shapes_metadata(prompt_file: str | None, num_prompts: int, prompt_seed: int) -> list[dict]:
+    from maskfocus_cli.bench import runner
+    if prompt_file is None:
+        return runner.shapes_metadata(num_prompts, prompt_seed)
+    from maskfocus_cli.bench.prompts import load_geneval_metadata
+    from maskfocus_cli.shapes.world import COLORS
+    return load_geneval_metadata(prompt_file, colors=COLORS)
+
+
+def _t2i_scorers(categories: list[str], blip_path: str, detector_path: str, clip: str, clip_arch: str,
+                 device: str, complex_spatial: str | None, complex_action: str | None) -> dict:
+    """One scorer per category; each model (BLIP, Mask2Former, CLIP) is loaded once and shared."""
+    from maskfocus_cli.bench.t2i_compbench import _NEEDS, BlipVqa, ClipScorer, T2ICompBenchScorer
+    needs = set().union(*(_NEEDS[c] for c in categories))
+    blip = BlipVqa(blip_path, device=device) if "blip" in needs else None
+    det = None
+    if "detector" in needs:
+        from maskfocus_cli.bench.detectors import Mask2FormerDetector
+        det = Mask2FormerDetector(detector_path, device=device, score_threshold=0.3)
+    scorer_clip = None
+    if "clip" in needs:
+        p = Path(str(clip)).expanduser()
+        scorer_clip = ClipScorer(p, device=device) if p.is_dir() else ClipScorer(clip_arch, pretrained=clip,
+                                                                                 device=device)
+    kinds = None
+    if "complex" in categories:
+        from maskfocus_cli.bench.prompts import load_complex_kinds
+        kinds = load_complex_kinds(complex_spatial, complex_action)
+    return {c: T2ICompBenchScorer(c, blip_path=blip, detector=det, clip=scorer_clip, complex_kinds=kinds,
+                                  device=device) for c in categories}

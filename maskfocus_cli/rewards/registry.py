@@ -42,6 +42,7 @@ Factory = Callable[..., RewardFn]
 #: built-in rewards: name -> "module:factory", imported lazily by ``make_reward``
 _BUILTIN: dict[str, str] = {
     "shapes-geneval": "maskfocus_cli.rewards.shapes_geneval:ShapesGenEvalReward",
+    "geneval": "maskfocus_cli.rewards.geneval_reward:GenEvalReward",
     "clip": "maskfocus_cli.rewards.clip_score:ClipScore",
     "hpsv2": "maskfocus_cli.rewards.hpsv2:HPSv2Reward",
     "pickscore": "maskfocus_cli.rewards.pickscore:PickScore",

@@ -1,0 +1,298 @@
+"""`maskfocus evaluate` end to end: shapes bench (tiny random model), GenEval / T2I-CompBench plumbing with
+tiny random Mask2Former, open_clip and BLIP, resume, score-only reproduction, and bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from maskfocus_cli.bench.layout import write_geneval_metadata, write_geneval_sample, write_t2i_sample
+from maskfocus_cli.bench.runner import read_results, shapes_benchmark, t2i_summary
+from maskfocus_cli.cli import main
+from maskfocus_cli.engine.sampling import SamplerSettings
+
+FAST = ["--steps", "4", "--num-prompts", "6", "--n", "2"]
+SCORE_KEYS = ("overall", "single_object", "two_object", "counting", "colors", "position", "color_attr", "counts",
+              "images", "image_accuracy", "prompts", "prompt_accuracy")
+
+
+@pytest.fixture(scope="session")
+def tiny_shapes(tmp_path_factory) -> Path:
+    from maskfocus_cli.models.shapes import new_shapes_model
+    from maskfocus_cli.shapes.tokenizer import fit_default
+    path = tmp_path_factory.mktemp("tiny-shapes")
+    torch.manual_seed(0)
+    new_shapes_model(fit_default(num_scenes=200), d_model=32, n_layers=1, n_heads=2, d_ff=64).save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def shapes_run(tiny_shapes, tmp_path_factory):
+    """One generate-and-score run of the shapes bench, shared by the read-only tests."""
+    out = tmp_path_factory.mktemp("shapes-eval") / "OUT"
+    res = invoke("--bench", "shapes", "--model", f"shapes:{tiny_shapes}", *FAST, "--out", str(out))
+    assert res.exit_code == 0, res.output
+    return out, res
+
+
+@pytest.fixture(scope="session")
+def tiny_mask2former(tmp_path_factory) -> Path:
+    pytest.importorskip("scipy")
+    from transformers import (Mask2FormerConfig, Mask2FormerForUniversalSegmentation,
+                              Mask2FormerImageProcessor, SwinConfig)
+
+    from maskfocus_cli.bench.detectors import GENEVAL_CLASSES
+    path = tmp_path_factory.mktemp("m2f")
+    backbone = SwinConfig(image_size=64, patch_size=4, embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1],
+                          window_size=4, out_features=["stage1", "stage2", "stage3", "stage4"])
+    id2label = dict(enumerate(GENEVAL_CLASSES))
+    cfg = Mask2FormerConfig(backbone_config=backbone, num_queries=8, hidden_dim=32, feature_size=32,
+                            mask_feature_size=32, encoder_layers=1, decoder_layers=2, num_attention_heads=2,
+                            dim_feedforward=32, encoder_feedforward_dim=32, common_stride=4, id2label=id2label,
+                            label2id={v: k for k, v in id2label.items()}, use_pretrained_backbone=False)
+    torch.manual_seed(0)
+    Mask2FormerForUniversalSegmentation(cfg).save_pretrained(path)
+    Mask2FormerImageProcessor(size={"shortest_edge": 64, "longest_edge": 64}).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory) -> Path:
+    from open_clip.model import CLIP
+    from safetensors.torch import save_file
+    path = tmp_path_factory.mktemp("clip")
+    cfg = {"embed_dim": 16,
+           "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
+           "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+    torch.manual_seed(0)
+    model = CLIP(**cfg)
+    (path / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg, "preprocess_cfg": {}}))
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path / "open_clip_model.safetensors"))
+    return path
+
+
+BLIP_WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "yes", "no", "a", "photo", "of", "red", "blue",
+              "circle", "square", "and", "?", "[DEC]"]
+
+
+@pytest.fixture(scope="session")
+def tiny_blip(tmp_path_factory) -> Path:
+    from transformers import BertTokenizer, BlipConfig, BlipForQuestionAnswering, BlipImageProcessor, BlipProcessor
+    path = tmp_path_factory.mktemp("blip")
+    (path / "vocab.txt").write_text("\n".join(BLIP_WORDS) + "\n")
+    tok = BertTokenizer(str(path / "vocab.txt"), bos_token="[DEC]")
+    torch.manual_seed(0)
+    cfg = BlipConfig(
+        text_config=dict(vocab_size=len(BLIP_WORDS), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=32, max_position_embeddings=64, bos_token_id=BLIP_WORDS.index("[DEC]"),
+                         pad_token_id=0, sep_token_id=3),
+        vision_config=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                           image_size=32, patch_size=8))
+    BlipForQuestionAnswering(cfg).save_pretrained(path)
+    BlipProcessor(image_processor=BlipImageProcessor(size={"height": 32, "width": 32}), tokenizer=tok
+                  ).save_pretrained(path)
+    (path / "vocab.txt").unlink()
+    return path
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(main, ["evaluate", *args])
+
+
+def stdout_json(res) -> dict:
+    lines = [ln for ln in res.stdout.splitlines() if ln.strip()]
+    assert len(lines) == 1, res.stdout  # exactly one JSON line: the summary
+    return json.loads(lines[0])
+
+
+def scores(summary: dict) -> dict:
+    return {k: summary.get(k) for k in SCORE_KEYS}
+
+
+def assert_user_error(res, *fragments: str) -> None:
+    assert res.exit_code == 2, res.output
+    err = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(err) == 1 and err[0].startswith("error: "), res.stderr
+    assert "Traceback" not in res.output
+    for f in fragments:
+        assert f in err[0], err[0]
+
+
+# ---------------------------------------------------------------- shapes bench
+def test_shapes_generate_writes_layout_results_and_summary(shapes_run):
+    out, res = shapes_run
+    summary = stdout_json(res)
+    assert json.loads((out / "summary.json").read_text()) == summary
+    assert summary["bench"] == "shapes" and summary["model"].startswith("shapes:") and summary["n"] == 2
+    assert summary["sampler"]["steps"] == 4 and summary["images_per_second_scored"] > 0
+    for i in range(6):  # GenEval layout: metadata + samples/0000.png, 0001.png
+        meta = json.loads((out / f"{i:05d}" / "metadata.jsonl").read_text())
+        assert {"tag", "include", "prompt"} <= set(meta)
+        assert sorted(p.name for p in (out / f"{i:05d}" / "samples").iterdir()) == ["0000.png", "0001.png"]
+    rows = read_results(out / "results.jsonl")
+    assert sorted((r["prompt_index"], r["image_index"]) for r in rows) == [(i, j) for i in range(6) for j in (0, 1)]
+    assert all(r["reason"] == "" for r in rows if r["correct"]) and all(r["reason"] for r in rows if not r["correct"])
+    # overall is the unweighted mean of per-tag accuracies of the rows
+    by_tag: dict[str, list[bool]] = {}
+    for r in rows:
+        by_tag.setdefault(r["tag"], []).append(r["correct"])
+    assert len(by_tag) == 6  # make_metadata balances tags round-robin
+    for t, v in by_tag.items():
+        assert summary[t] == pytest.approx(sum(v) / len(v))
+    assert summary["overall"] == pytest.approx(sum(sum(v) / len(v) for v in by_tag.values()) / 6)
+    assert "Overall" in res.stderr and "Color attr." in res.stderr and "images/s" in res.stderr
+
+
+def test_score_only_reproduces_the_summary_and_compare_prints_deltas(shapes_run, tmp_path):
+    out, res = shapes_run
+    again = invoke("--bench", "shapes", "--images", str(out), "--out", str(tmp_path / "R"),
+                   "--compare", str(out / "summary.json"))
+    assert again.exit_code == 0, again.output
+    assert scores(stdout_json(again)) == scores(stdout_json(res))
+    rescored = {(r["prompt_index"], r["image_index"]): r["correct"] for r in read_results(tmp_path / "R" / "results.jsonl")}
+    original = {(r["prompt_index"], r["image_index"]): r["correct"] for r in read_results(out / "results.jsonl")}
+    assert rescored == original
+    assert "Δ" in again.stderr and "+0.00" in again.stderr
+
+
+def test_shapes_benchmark_in_process_matches_the_cli(shapes_run, tiny_shapes):
+    from maskfocus_cli.models.loading import load_model
+    _, res = shapes_run
+    summary = shapes_benchmark(load_model(f"shapes:{tiny_shapes}", device="cpu"), n_prompts=6, n_images=2,
+                               settings=SamplerSettings(steps=4), seed=0)
+    assert scores(summary) == scores(stdout_json(res))
+
+
+def test_rerun_resumes_and_scores_only_missing_images(tiny_shapes, tmp_path):
+    out = tmp_path / "OUT"
+    args = ["--bench", "shapes", "--model", f"shapes:{tiny_shapes}", *FAST, "--out", str(out)]
+    first = stdout_json(invoke(*args))
+    lines = (out / "results.jsonl").read_text().splitlines()
+    # drop three rows and leave a truncated line, as a run killed mid-write would
+    (out / "results.jsonl").write_text("\n".join(lines[:-3]) + "\n" + lines[-3][:25])
+    second = invoke(*args)
+    assert second.exit_code == 0, second.output
+    s2 = stdout_json(second)
+    assert s2["newly_scored"] == 3 and scores(s2) == scores(first)
+    assert len(read_results(out / "results.jsonl")) == 12
+    third = stdout_json(invoke(*args))
+    assert third["newly_scored"] == 0 and third["images_per_second_scored"] is None
+    # a different generator must not be mixed into the same results ...
+    assert_user_error(invoke(*args[:-2], "--seed", "5", "--out", str(out)), "different run", "--fresh")
+    # ... unless asked to start over
+    fresh = invoke(*args[:-2], "--seed", "5", "--out", str(out), "--fresh")
+    assert fresh.exit_code == 0, fresh.output
+    assert stdout_json(fresh)["newly_scored"] == 12 and stdout_json(fresh)["seed"] == 5
+
+
+# ---------------------------------------------------------------- bad input
+def test_bad_inputs_are_one_line_errors(tiny_shapes, tmp_path):
+    bad = tmp_path / "meta.jsonl"
+    bad.write_text('{"tag": "single_object", "include": [{"class": "circle", "count": 1}], '
+                   '"prompt": "a photo of a circle"}\n{"tag": "single_object", "include": [\n')
+    assert_user_error(invoke("--bench", "shapes", "--model", f"shapes:{tiny_shapes}", "--metadata", str(bad),
+                             "--out", str(tmp_path / "o1")), "meta.jsonl:2")
+    assert_user_error(invoke("--bench", "shapes", "--n", "0", "--out", str(tmp_path / "o2")), "--n")
+    wrong = tmp_path / "flat"
+    wrong.mkdir()
+    write_t2i_sample(wrong, "a photo of a circle", 0, torch.zeros(3, 8, 8))
+    assert_user_error(invoke("--bench", "shapes", "--images", str(wrong), "--out", str(tmp_path / "o3")),
+                      "GenEval layout")
+    assert_user_error(invoke("--bench", "shapes", "--images", str(wrong), "--model", "shapes"), "--model")
+    assert_user_error(invoke("--bench", "geneval", "--images", str(wrong), "--detector", str(tmp_path / "none"),
+                             "--out", str(tmp_path / "o4")), "--detector")
+    assert_user_error(invoke("--bench", "t2i-compbench", "--category", "color", "--images", str(wrong),
+                             "--blip", str(tmp_path / "none"), "--out", str(tmp_path / "o5")), "--blip")
+    assert_user_error(invoke("--bench", "shapes", "--compare", str(tmp_path / "none.json")), "summary")
+
+
+def test_missing_official_file_offline_says_what_to_do(monkeypatch, tmp_path):
+    from maskfocus_cli.bench import prompts
+
+    def offline(url, dest, timeout=0):
+        raise OSError("network is unreachable")
+    monkeypatch.setattr(prompts, "_download", offline)
+    monkeypatch.setenv("MASKFOCUS_CACHE", str(tmp_path / "cache"))
+    assert_user_error(invoke("--bench", "geneval", "--out", str(tmp_path / "o")), "--metadata",
+                      "evaluation_metadata.jsonl")
+
+
+# ---------------------------------------------------------------- real-image benches (tiny random weights)
+GENEVAL_ROWS = [
+    {"tag": "color_attr", "include": [{"class": "dog", "count": 1, "color": "red"},
+                                      {"class": "cat", "count": 1, "color": "blue"}],
+     "prompt": "a photo of a red dog and a blue cat"},
+    {"tag": "counting", "include": [{"class": "cup", "count": 2}], "exclude": [{"class": "cup", "count": 3}],
+     "prompt": "a photo of two cups"},
+]
+
+
+def test_geneval_score_only_with_tiny_detectors(tiny_mask2former, tiny_clip, tmp_path):
+    images = tmp_path / "IMAGES"
+    torch.manual_seed(0)
+    for i, row in enumerate(GENEVAL_ROWS):
+        write_geneval_metadata(images, i, row)
+        for j in range(2):
+            write_geneval_sample(images, i, j, torch.rand(3, 64, 64))
+    res = invoke("--bench", "geneval", "--images", str(images), "--detector", str(tiny_mask2former),
+                 "--clip", str(tiny_clip), "--out", str(tmp_path / "OUT"), "--score-batch-size", "3")
+    assert res.exit_code == 0, res.output
+    summary = stdout_json(res)
+    assert summary["images"] == 4 and set(summary["counts"]) == {"counting", "color_attr"}
+    rows = read_results(tmp_path / "OUT" / "results.jsonl")
+    assert [(r["prompt_index"], r["image_index"], r["prompt"]) for r in rows] == [
+        (i, j, GENEVAL_ROWS[i]["prompt"]) for i in range(2) for j in range(2)]
+    # random weights score ~0.01, below GenEval's 0.3: nothing is found, and the reasons say so
+    assert not any(r["correct"] for r in rows)
+    assert all(r["reason"].startswith("expected") for r in rows)
+
+
+def test_geneval_generate_with_shapes_model_and_tiny_detectors(tiny_shapes, tiny_mask2former, tiny_clip, tmp_path):
+    meta = tmp_path / "meta.jsonl"
+    meta.write_text("\n".join(json.dumps(r) for r in [
+        {"tag": "colors", "include": [{"class": "circle", "count": 1, "color": "red"}],
+         "prompt": "a photo of a red circle"}]) + "\n")
+    res = invoke("--bench", "geneval", "--model", f"shapes:{tiny_shapes}", "--steps", "4", "--metadata", str(meta),
+                 "--detector", str(tiny_mask2former), "--clip", str(tiny_clip), "--out", str(tmp_path / "OUT"))
+    assert res.exit_code == 0, res.output
+    summary = stdout_json(res)
+    assert summary["n"] == 4 and summary["images"] == 4  # GenEval's default: 4 images per prompt
+    assert sorted(p.name for p in (tmp_path / "OUT" / "00000" / "samples").iterdir()) == [
+        f"{j:04d}.png" for j in range(4)]
+
+
+def test_t2i_compbench_generate_and_rescore_with_tiny_blip(tiny_shapes, tiny_blip, tmp_path):
+    prompts = tmp_path / "color_val.txt"
+    prompts.write_text("a photo of a red circle\na photo of a blue square\n")
+    out = tmp_path / "OUT"
+    res = invoke("--bench", "t2i-compbench", "--category", "color", "--prompts", str(prompts), "--model",
+                 f"shapes:{tiny_shapes}", "--steps", "4", "--n", "3", "--blip", str(tiny_blip), "--out", str(out))
+    assert res.exit_code == 0, res.output
+    summary = stdout_json(res)
+    names = sorted(p.name for p in (out / "color" / "samples").iterdir())
+    assert names == sorted([f"a photo of a red circle_{i:06d}.png" for i in range(3)]
+                           + [f"a photo of a blue square_{i:06d}.png" for i in range(3, 6)])
+    rows = read_results(out / "results.jsonl")
+    assert len(rows) == 6 and all(0.0 <= r["score"] <= 1.0 for r in rows)
+    assert summary["color"] == pytest.approx(sum(r["score"] for r in rows) / 6)
+    assert summary["counts"]["color"] == {"images": 6, "prompts": 2}
+    assert "Color" in res.stderr and "Numeracy" not in res.stderr  # only the categories scored
+    again = invoke("--bench", "t2i-compbench", "--category", "color", "--images", str(out / "color"),
+                   "--blip", str(tiny_blip), "--out", str(tmp_path / "R"))
+    assert again.exit_code == 0, again.output
+    assert stdout_json(again)["color"] == pytest.approx(summary["color"], abs=1e-6)
+
+
+def test_t2i_summary_means_per_category():
+    rows = [{"category": "color", "prompt": "p", "score": 0.5}, {"category": "color", "prompt": "q", "score": 0.25},
+            {"category": "numeracy", "prompt": "p", "score": 1.0}]
+    s = t2i_summary(rows)
+    assert s["color"] == 0.375 and s["numeracy"] == 1.0 and s["images"] == 3
+    assert list(s)[:3] == ["bench", "color", "numeracy"]
+    assert s["counts"]["color"] == {"images": 2, "prompts": 2}
+    assert not any(isinstance(v, float) and math.isnan(v) for v in s.values())
