@@ -6,6 +6,7 @@ OUT/summary.json (the recommended critical steps).
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import click
@@ -79,7 +80,12 @@ def profile_steps(prompt_args, prompts_file, model_spec, checkpoint, device, dty
     out_dir = ensure_writable_dir(out)
     adapter = load_model(model_spec, checkpoint, device, dtype)
     adapter.encode_prompts(sorted(set(prompts)))  # reject bad prompts before any sampling
-    embedder = make_embedder(embed, adapter, clip_model, clip_weights)
+    try:
+        embedder = make_embedder(embed, adapter, clip_model, clip_weights)
+    except (RuntimeError, OSError, pickle.UnpicklingError, KeyError) as e:  # open_clip's loading errors
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise ValueError(f"--embed clip: cannot load open_clip {clip_model!r} from {clip_weights}: {first} "
+                         "(check --clip-model names the weights' architecture)") from None
     router = None
     if routing:
         from maskfocus_cli.engine.routing import EntropyRouter
@@ -102,7 +108,8 @@ def profile_steps(prompt_args, prompts_file, model_spec, checkpoint, device, dty
                              routing=routing)
     atomic_write_json(out_dir / "summary.json", summary)
     write_profile_plot(result, out_dir / "profile.png",
-                       title=f"{model_spec}: T={steps}, {len(prompts)} prompts × {n} images, embed={embed}")
+                       title=f"{model_spec}: T={steps}, {len(prompts)} prompts × {n} images, embed={embed}"
+                             + (", dynamic routing" if routing else ""))
     stderr.print(profile_table(result, title=f"step profile ({len(prompts)} prompts × {n} images, "
                                              f"embed={embed}{', routing' if routing else ''})"))
     conc = summary["gain_concentration"]

@@ -101,6 +101,15 @@ def test_bad_options_one_line_exit_2(tiny_shapes, tmp_path, args, message):
     assert len(res.stderr.strip().splitlines()) == 1 and res.stdout == ""
 
 
+def test_unknown_clip_architecture_one_line_exit_2(tiny_shapes, tmp_path):
+    weights = tmp_path / "clip.bin"
+    weights.write_bytes(b"not a checkpoint")  # (an unknown architecture fails before the file is read)
+    res = run(["profile-steps", PROMPTS[0], "--model", tiny_shapes, "--out", str(tmp_path / "o"),
+               "--embed", "clip", "--clip-model", "ViT-X-99", "--clip-weights", str(weights)])
+    assert res.exit_code == 2 and "cannot load open_clip 'ViT-X-99'" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+
+
 def test_empty_prompts_one_line_exit_2(tiny_shapes, tmp_path):
     empty = tmp_path / "empty.txt"
     empty.write_text("\n  \n")
