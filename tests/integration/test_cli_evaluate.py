@@ -282,7 +282,7 @@ def test_t2i_compbench_generate_and_rescore_with_tiny_blip(tiny_shapes, tiny_bli
     assert summary["color"] == pytest.approx(sum(r["score"] for r in rows) / 6)
     assert summary["counts"]["color"] == {"images": 6, "prompts": 2}
     assert "Color" in res.stderr and "Numeracy" not in res.stderr  # only the categories scored
-    again = invoke("--bench", "t2i-compbench", "--category", "color", "--images", str(out / "color"),
+    again = invoke("--bench", "t2i-compbench", "--category", "color", "--images", str(out),  # finds OUT/color/
                    "--blip", str(tiny_blip), "--out", str(tmp_path / "R"))
     assert again.exit_code == 0, again.output
     assert stdout_json(again)["color"] == pytest.approx(summary["color"], abs=1e-6)
