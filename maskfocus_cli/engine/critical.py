@@ -38,15 +38,17 @@ class CodebookEmbedder:
 
 
 class PixelEmbedder:
-    """Decoded pixels (centred per image so cosine tracks structure, not brightness)."""
+    """Decoded pixels, shifted to [-0.5, 0.5] so cosine is not dominated by overall brightness.
+
+    (A fixed shift, not per-image centring: a uniform image must stay a non-zero vector.)
+    """
 
     def __init__(self, adapter: MaskedT2IAdapter) -> None:
         self.adapter = adapter
 
     @torch.no_grad()
     def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
-        px = self.adapter.decode(tokens).flatten(1).float()
-        return px - px.mean(1, keepdim=True)
+        return self.adapter.decode(tokens).flatten(1).float() - 0.5
 
 
 class ClipEmbedder:
@@ -65,8 +67,12 @@ class ClipEmbedder:
             from pathlib import Path
             if not Path(weights).is_file():
                 raise ValueError(f"--clip-weights {weights}: file not found")
-            clip_model = open_clip.create_model(model, pretrained=weights)
-        self.clip = clip_model.eval()
+            try:
+                clip_model = open_clip.create_model(model, pretrained=weights)
+            except Exception as e:  # noqa: BLE001 - unknown architecture / unreadable file: a user problem
+                raise ValueError(f"cannot load open_clip {model!r} from {weights}: "
+                                 f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        self.clip = clip_model.eval().to(adapter.device)
         size = getattr(self.clip.visual, "image_size", 224)
         self.size = size if isinstance(size, int) else size[0]
         self.mean = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
@@ -75,10 +81,12 @@ class ClipEmbedder:
     @torch.no_grad()
     def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
         out = []
+        dev = next(self.clip.parameters()).device
+        mean, std = self.mean.to(dev), self.std.to(dev)
         for i in range(0, tokens.shape[0], self.batch_size):
-            img = self.adapter.decode(tokens[i:i + self.batch_size]).float()
+            img = self.adapter.decode(tokens[i:i + self.batch_size]).float().to(dev)
             img = F.interpolate(img, size=(self.size, self.size), mode="bicubic", align_corners=False)
-            out.append(self.clip.encode_image((img - self.mean) / self.std).float())
+            out.append(self.clip.encode_image((img - mean) / std).float().cpu())
         return torch.cat(out)
 
 
@@ -195,17 +203,20 @@ def make_selector(name: str) -> StepSelector:
 
 
 def select_steps(selector: StepSelector, total: int, k: int, gain: torch.Tensor | None, reduction: str,
-                 generator: torch.Generator) -> torch.Tensor:
+                 generator: torch.Generator, batch_size: int | None = None) -> torch.Tensor:
     """Apply a selector with a reduction.
 
     batch:  one shared step set from the batch-mean gain → (k,)
-    sample: a step set per image → (B, k)
+    sample: a step set per image → (B, k); B from ``gain`` or, for gain-free
+            selectors, from ``batch_size``
     """
     if reduction == "batch":
         g = gain.mean(0) if gain is not None else None
         return selector.select(total, k, g, generator)
     if reduction == "sample":
-        if gain is None:
-            raise ValueError("reduction 'sample' needs per-sample gains")
-        return torch.stack([selector.select(total, k, g, generator) for g in gain])
+        if gain is not None:
+            return torch.stack([selector.select(total, k, g, generator) for g in gain])
+        if batch_size is None:
+            raise ValueError("reduction 'sample' needs per-sample gains or a batch size")
+        return torch.stack([selector.select(total, k, None, generator) for _ in range(batch_size)])
     raise ValueError(f"unknown reduction {reduction!r}: use batch or sample")

@@ -112,12 +112,18 @@ class Trainer:
                 raise ValueError(f"prompts_per_iter × group_size = {total} images must split evenly over "
                                  f"{self.acc.num_processes} processes")
         self.adapter = adapter or self._load_adapter()
+        self.lora = self.cfg.lora_rank > 0
+        if self.lora:
+            self.adapter.transformer = add_lora(self.adapter, self.cfg.lora_rank, derive_seed(self.cfg.seed, "lora"))
+        else:
+            self.adapter.transformer.requires_grad_(True)
         self.policy = self.adapter.transformer
-        self.policy.requires_grad_(True)
         self.policy.train()
         self.reference = None
         if self.cfg.algorithm == "maskfocus" and self.cfg.kl_beta > 0:
-            self.reference = copy.deepcopy(self.policy).requires_grad_(False).eval()
+            # with LoRA the frozen base *is* the reference: no second copy of the weights
+            self.reference = AdapterDisabled(self.policy) if self.lora else \
+                copy.deepcopy(self.policy).requires_grad_(False).eval()
         params = [p for p in self.policy.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=self.cfg.lr, betas=tuple(self.cfg.betas),
                                            weight_decay=self.cfg.weight_decay)
@@ -176,10 +182,20 @@ class Trainer:
         policy = self.acc.unwrap_model(self.net)
 
         def fill(tmp: Path) -> None:
+            weights = policy
+            if self.lora:  # model.safetensors holds merged weights, so --checkpoint/export need no peft
+                from peft import get_peft_model_state_dict
+                save_weights(get_peft_model_state_dict(policy), tmp / "lora.safetensors")
+                weights = copy.deepcopy(policy).cpu().merge_and_unload()
             if hasattr(self.adapter, "save") and self.adapter.family == "shapes":
-                self.adapter.save(tmp)  # a complete model folder: --model shapes:CKPT works
+                live = self.adapter.transformer
+                self.adapter.transformer = weights
+                try:
+                    self.adapter.save(tmp)  # a complete model folder: --model shapes:CKPT works
+                finally:
+                    self.adapter.transformer = live
             else:
-                save_weights(policy.state_dict(), tmp / "model.safetensors")
+                save_weights(weights.state_dict(), tmp / "model.safetensors")
             torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()},
                        tmp / "training_state.pt")
             atomic_write_json(tmp / "trainer.json", {
@@ -196,7 +212,12 @@ class Trainer:
     def load_checkpoint(self, path: Path) -> None:
         from maskfocus_cli.io.checkpoint import load_weights
         info = read_json(path / "trainer.json")
-        load_weights(self.acc.unwrap_model(self.net), path / "model.safetensors")
+        if self.lora:
+            from peft import set_peft_model_state_dict
+            from maskfocus_cli.io.checkpoint import read_weights
+            set_peft_model_state_dict(self.acc.unwrap_model(self.net), read_weights(path / "lora.safetensors"))
+        else:
+            load_weights(self.acc.unwrap_model(self.net), path / "model.safetensors")
         try:
             st = torch.load(path / "training_state.pt", map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001 - any unreadable state is the same user problem
@@ -373,7 +394,8 @@ class Trainer:
         if self.selector.needs_gain:
             _, gain = trajectory_gain(sub, self.embedder)
         gen = torch.Generator().manual_seed(derive_seed(self.cfg.seed, it, self.acc.process_index, "steps"))
-        return select_steps(self.selector, T, self.recipe.critical.k, gain, self.recipe.critical.reduction, gen)
+        return select_steps(self.selector, T, self.recipe.critical.k, gain, self.recipe.critical.reduction, gen,
+                            batch_size=sub.final.shape[0])
 
     def _units(self, b: int, steps: torch.Tensor) -> list[tuple[int, int, torch.Tensor]]:
         """(j, t, rows) work units; each is ONE forward and ONE backward (what DDP expects)."""
@@ -483,6 +505,30 @@ class Trainer:
         path = self.run_dir / "samples" / f"{name}.png"
         save_png(contact_sheet(self.adapter.decode(res.tokens), ncols=4, scale=2), path)
         return path
+
+
+class AdapterDisabled(nn.Module):
+    """The frozen base of a peft model, as a module: the KL reference under LoRA."""
+
+    def __init__(self, peft_model: nn.Module) -> None:
+        super().__init__()
+        self.peft_model = [peft_model]  # a list: not registered as a submodule (no double counting)
+
+    def forward(self, *args, **kwargs):
+        model = self.peft_model[0]
+        with torch.no_grad(), model.disable_adapter():
+            return model(*args, **kwargs)
+
+
+def add_lora(adapter: MaskedT2IAdapter, rank: int, seed: int = 0) -> nn.Module:
+    """Wrap the transformer with peft LoRA adapters on the adapter's ``lora_targets``."""
+    from peft import LoraConfig, get_peft_model
+    targets = getattr(adapter, "lora_targets", "all-linear")
+    adapter.transformer.requires_grad_(False)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)  # LoRA's random init must not depend on what ran before (exact resume)
+        return get_peft_model(adapter.transformer, LoraConfig(r=rank, lora_alpha=rank, lora_dropout=0.0,
+                                                              target_modules=targets))
 
 
 def _mean_std(x: torch.Tensor) -> dict:

@@ -62,7 +62,8 @@ def load_model(spec: str = "shapes", checkpoint: str | Path | None = None, devic
     else:
         import importlib
         if path is None:
-            raise ValueError(f"--model {family} needs a folder or hub id: --model {family}:PATH")
+            raise ValueError(f"model spec {spec!r} names no folder: use {family}:PATH (the downloaded model "
+                             f"folder or hub id) in --model or the recipe's model.spec")
         try:
             mod = importlib.import_module(f"maskfocus_cli.models.{family}")
         except ModuleNotFoundError:

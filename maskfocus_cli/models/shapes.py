@@ -85,6 +85,8 @@ class ShapesAdapter(MaskedT2IAdapter):
 
     family = "shapes"
     guidance_form = "meissonic"
+    #: LoRA targets (MultiheadAttention reads out_proj.weight directly, so it is no target)
+    lora_targets = ["linear1", "linear2", "head"]
 
     def __init__(self, transformer: ShapesTransformer, tokenizer) -> None:
         self.transformer = transformer

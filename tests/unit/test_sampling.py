@@ -30,7 +30,7 @@ def test_single_step_unmasks_everything():
 
 def test_mask_ratio_values():
     assert mask_ratio(0, 2, "cosine") == pytest.approx(math.cos(math.pi / 4))
-    assert mask_ratio(1, 2, "cosine") == pytest.approx(0.0, abs=1e-12)
+    assert mask_ratio(1, 2, "cosine") == pytest.approx(0.0, abs=1e-6)  # float32, like diffusers
     assert mask_ratio(0, 4, "linear") == 0.75
 
 
