@@ -33,7 +33,8 @@ def export_checkpoint(checkpoint: str | Path, to: str | Path, dtype: str = "fp32
         adapter = load_model(spec, checkpoint=ckpt, device="cpu")
     if hasattr(adapter, "merge_lora"):
         adapter.merge_lora()
-    adapter.transformer.to(DTYPES[dtype])
+    # plain nn.Module cast: diffusers' ModelMixin.to warns about fp32-kept modules these models lack
+    torch.nn.Module.to(adapter.transformer, DTYPES[dtype])
     if not hasattr(adapter, "save"):
         raise ValueError(f"export is not supported for the {family!r} family yet")
     adapter.save(out)
@@ -57,6 +58,25 @@ def model_card(card: dict, family: str) -> str:
     ]
     if reward is not None:
         lines.append(f"* reward at the last iteration: {reward:.4f}")
+    flat = flat_metrics(m)
+    if flat:
+        lines += ["", "## Final metrics (last training iteration)", ""]
+        lines += [f"* {k}: {v:.6g}" if isinstance(v, float) else f"* {k}: {v}" for k, v in flat.items()]
     lines += ["", f"Load it with `maskfocus sample --model {family}:THIS_FOLDER \"a prompt\"`.", "",
               "## Recipe", "", "```json", json.dumps(card.get("recipe", {}), indent=2), "```", ""]
     return "\n".join(lines)
+
+
+def flat_metrics(row: dict, prefix: str = "") -> dict:
+    """Scalar metrics of a metrics.jsonl row as ``a.b`` keys (timings left out: not model facts)."""
+    out: dict = {}
+    for k, v in row.items():
+        if k == "time" and not prefix:
+            continue
+        if isinstance(v, dict):
+            out.update(flat_metrics(v, f"{prefix}{k}."))
+        elif isinstance(v, (int, float, str, bool)) or v is None:
+            out[f"{prefix}{k}"] = v
+        elif isinstance(v, list) and len(v) <= 16:
+            out[f"{prefix}{k}"] = v
+    return out

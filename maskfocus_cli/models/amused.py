@@ -113,11 +113,20 @@ class AmusedAdapter(MaskedT2IAdapter):
                 "micro_conds": self.micro_conds(len(prompts)).to(dev, hidden.dtype)}
 
     # ------------------------------------------------------------------ network
+    def net_param(self, net: nn.Module) -> torch.Tensor:
+        """A parameter of ``net`` (for its dtype/device), else of our transformer.
+
+        ``net`` may own no parameters: the trainer's LoRA KL reference wraps the peft
+        model without registering it (it runs the same weights, adapters disabled).
+        """
+        p = next(net.parameters(), None)
+        return p if p is not None else next(self.transformer.parameters())
+
     def call_transformer(self, net: nn.Module, tokens: torch.Tensor, cond: Cond,
                          step: StepInfo) -> torch.Tensor:
         b = tokens.shape[0]
         h, w = self._grid
-        dtype = next(net.parameters()).dtype
+        dtype = self.net_param(net).dtype
         logits = net(tokens.view(b, h, w), encoder_hidden_states=cond["encoder_hidden_states"].to(dtype),
                      pooled_text_emb=cond["pooled_text_emb"].to(dtype), micro_conds=cond["micro_conds"])
         return logits.reshape(b, self._codebook, h * w).transpose(1, 2)

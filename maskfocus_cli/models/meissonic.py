@@ -76,7 +76,7 @@ class MeissonicAdapter(AmusedAdapter):
                          step: StepInfo) -> torch.Tensor:
         b = tokens.shape[0]
         h, w = self.grid
-        param = next(net.parameters())
+        param = self.net_param(net)
         text = cond["encoder_hidden_states"].to(param.dtype)
         logits = net(tokens.view(b, h, w), encoder_hidden_states=text,
                      pooled_projections=cond["pooled_text_emb"].to(param.dtype),
