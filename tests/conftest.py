@@ -11,7 +11,7 @@ from torch import nn
 
 from maskfocus_cli.models.base import Cond, MaskedT2IAdapter, StepInfo
 
-torch.set_num_threads(int(os.environ.get("MASKFOCUS_TEST_THREADS", "2")))
+torch.set_num_threads(int(os.environ.get("MASKFOCUS_TEST_THREADS", os.environ.get("OMP_NUM_THREADS", "2"))))
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

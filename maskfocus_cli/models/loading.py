@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from maskfocus_cli.models.base import MaskedT2IAdapter
 
@@ -71,7 +72,7 @@ def load_model(spec: str = "shapes", checkpoint: str | Path | None = None, devic
         adapter = mod.load(path, device=str(dev), dtype=DTYPES[dtype])
     if checkpoint is not None:
         load_weights(adapter.transformer, checkpoint_weights(checkpoint))
-    adapter.transformer.to(dev, DTYPES[dtype])
+    nn.Module.to(adapter.transformer, dev, DTYPES[dtype])  # plain Module.to: no diffusers fp32-keep warning
     adapter.transformer.eval()
     adapter.transformer.requires_grad_(False)
     return adapter
