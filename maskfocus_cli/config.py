@@ -108,6 +108,8 @@ class TrainConfig:
     seed: int = opt(0, "global seed (prompts, rollouts, step selection)")
     mixed_precision: str = opt("no", "accelerate mixed precision", choices=("no", "bf16", "fp16"))
     lora_rank: int = opt(0, "LoRA rank via peft (0 = full fine-tuning)", min=0)
+    time_budget_minutes: float = opt(0.0, "stop (and checkpoint) after this much wall time; 0 = no limit; "
+                                     "for equal-budget comparisons", min=0)
     # supervised pretraining of the built-in model
     batch_size: int = opt(64, "pretrain: scenes per optimiser step", min=1)
     prompt_dropout: float = opt(0.1, "pretrain: probability of the empty prompt (enables CFG)", min=0, max=1)

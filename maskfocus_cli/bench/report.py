@@ -136,6 +136,25 @@ def compare_table(current: dict, other: dict, labels: tuple[str, str] | None = N
     return table
 
 
+def markdown_table(summary: dict, command: str | None = None, other: dict | None = None) -> str:
+    """The summary (and optionally an earlier run with deltas) as a markdown table, for docs/."""
+    digits = _digits(summary)
+    cols = metric_columns(summary, also=tuple(k for k, _, _ in metric_columns(other)) if other else ())
+    lines = [f"{_title(summary)}: `{run_label(summary)}`", "",
+             "| Run | " + " | ".join(name for _, name, _ in cols) + " |",
+             "|---|" + "---:|" * len(cols),
+             f"| {run_label(summary)} | " + " | ".join(_fmt(v, digits) for _, _, v in cols) + " |"]
+    if other is not None:
+        values = {k: v for k, _, v in metric_columns(other)}
+        lines.append(f"| {run_label(other)} | " + " | ".join(_fmt(values.get(k), digits) for k, _, _ in cols)
+                     + " |")
+        ds = [None if v is None or values.get(k) is None else v - values[k] for k, _, v in cols]
+        lines.append("| Δ | " + " | ".join("-" if d is None else f"{d:+.{digits}f}" for d in ds) + " |")
+    if command:
+        lines += ["", f"Regenerate: `{command}`"]
+    return "\n".join(lines) + "\n"
+
+
 def deltas(current: dict, other: dict) -> dict[str, float | None]:
     """Per column: current − other (None where either run did not score it)."""
     values_b = {k: v for k, _, v in metric_columns(other)}

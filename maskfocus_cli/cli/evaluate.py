@@ -81,11 +81,13 @@ def _bar_callback(bar, label: str):
 @click.option("--compare", "compare", default=None, metavar="SUMMARY",
               help="summary.json of another run: print both side by side with deltas.")
 @click.option("--fresh", is_flag=True, help="Discard results.jsonl in --out instead of resuming from it.")
+@click.option("--markdown", "markdown", default=None, metavar="FILE",
+              help="Also write the table (and the --compare deltas) as markdown, with the command that made it.")
 @click.pass_context
 def evaluate(ctx, bench, images_dir, prompt_file, categories, model_spec, checkpoint, device, dtype, steps, cfg,
              schedule, temperature, gumbel, n, seed, batch_size, score_batch_size, num_prompts, prompt_seed,
              detector_path, clip, clip_arch, blip_path, complex_spatial, complex_action, out, compare,
-             fresh) -> None:
+             fresh, markdown) -> None:
     """Score a model (or a folder of images) on GenEval, T2I-CompBench or the shapes bench.
 
     Generate-and-score: images from --model go to --out in the official layout
@@ -188,6 +190,12 @@ def evaluate(ctx, bench, images_dir, prompt_file, categories, model_spec, checkp
                  + f"; summary in {out_dir / runner.SUMMARY}")
     if other is not None:
         stderr.print(report.compare_table(summary, other, (_short(out_dir), _short(Path(compare)))))
+    if markdown:
+        import shlex
+        import sys
+        from maskfocus_cli.io.checkpoint import atomic_write_bytes
+        command = "maskfocus " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else None
+        atomic_write_bytes(markdown, report.markdown_table(summary, command, other).encode())
     emit(summary)
 
 

@@ -257,7 +257,16 @@ class Trainer:
             atomic_write_json(self.run_dir / "recipe.json", to_dict(self.recipe))
         end = self.cfg.iterations if stop_after is None else min(self.cfg.iterations,
                                                                  self.state.iteration + stop_after)
+        started = time.monotonic()
+        budget = self.cfg.time_budget_minutes * 60
         while self.state.iteration < end:
+            if budget and self._out_of_time(started, budget):
+                self.log(f"time budget of {self.cfg.time_budget_minutes:g} min reached at iteration "
+                         f"{self.state.iteration}")
+                if not checkpoint_dirs(self.run_dir) or checkpoint_dirs(self.run_dir)[-1].name != \
+                        f"step-{self.state.iteration}":
+                    self.save_checkpoint()
+                break
             it = self.state.iteration
             row = self.pretrain_iteration(it) if self.cfg.algorithm == "pretrain" else self.rl_iteration(it)
             row["iteration"] = it
@@ -274,6 +283,13 @@ class Trainer:
             if se and (it + 1) % se == 0:
                 self.sample_grid(f"iter-{it + 1:05d}")
         return self.state.history
+
+    def _out_of_time(self, started: float, budget: float) -> bool:
+        """All ranks agree (rank 0's clock decides), so DDP never splits on the stop."""
+        over = torch.tensor([float(time.monotonic() - started >= budget)], device=self.acc.device)
+        if self.acc.num_processes > 1:
+            over = self.acc.gather(over)[:1]
+        return bool(over.item())
 
     # ------------------------------------------------------------------ pretraining
     def pretrain_iteration(self, it: int) -> dict:

@@ -51,6 +51,21 @@ class ShapesModelConfig:
         return cls(**d)
 
 
+def sincos_2d(grid: tuple[int, int], dim: int) -> torch.Tensor:
+    """(h*w, dim) 2-D sine-cosine position codes (half the channels per axis), unit scale."""
+    h, w = grid
+    quarter = dim // 4
+    freq = 1.0 / (10000 ** (torch.arange(quarter, dtype=torch.float32) / quarter))
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32),
+                            indexing="ij")
+    parts = []
+    for coord in (ys.flatten(), xs.flatten()):
+        ang = coord[:, None] * freq[None, :]
+        parts += [ang.sin(), ang.cos()]
+    out = torch.cat(parts, dim=1)
+    return torch.nn.functional.pad(out, (0, dim - out.shape[1]))
+
+
 class ShapesTransformer(nn.Module):
     """tokens (B, N) + text ids (B, L) → logits (B, N, K)."""
 
@@ -61,7 +76,14 @@ class ShapesTransformer(nn.Module):
         d = cfg.d_model
         self.token_emb = nn.Embedding(cfg.num_codes + 1, d)
         self.text_emb = nn.Embedding(len(cfg.vocabulary) + 1, d, padding_idx=0)
-        self.image_pos = nn.Parameter(torch.randn(n, d) * 0.02)
+        # small embeddings (BERT-style 0.02) with a 2-D sin-cos start for image positions:
+        # with N(0, 1) token embeddings dwarfing the positions, attention cannot find
+        # neighbouring patches and the model stalls at predicting background everywhere
+        nn.init.normal_(self.token_emb.weight, std=0.02)
+        nn.init.normal_(self.text_emb.weight, std=0.02)
+        with torch.no_grad():
+            self.text_emb.weight[0].zero_()
+        self.image_pos = nn.Parameter(0.02 * sincos_2d(cfg.grid, d))
         self.text_pos = nn.Parameter(torch.randn(cfg.text_len, d) * 0.02)
         layer = nn.TransformerEncoderLayer(d, cfg.n_heads, cfg.d_ff, dropout=0.0, activation="gelu",
                                            batch_first=True, norm_first=True)

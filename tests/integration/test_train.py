@@ -163,3 +163,12 @@ def test_lora_trains_adapters_and_resumes_exactly(tmp_path, tiny_shapes_dir):
     a = read_weights(tmp_path / "lfull" / "checkpoints" / "step-3" / "model.safetensors")
     b = read_weights(tmp_path / "lpart" / "checkpoints" / "step-3" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a) and not any("lora" in k for k in a)
+
+
+def test_time_budget_stops_and_checkpoints(tmp_path, tiny_shapes_dir):
+    trainer = Trainer(load_recipe(recipe_file(tmp_path, tiny_shapes_dir, out="tb"),
+                                  ["train.iterations=50", "train.time_budget_minutes=1e-9",
+                                   "output.checkpoint_every=100"]))
+    rows = trainer.run()
+    assert len(rows) == 0  # the budget is spent before the first iteration
+    assert (tmp_path / "tb" / "checkpoints" / "step-0" / "model.safetensors").is_file()

@@ -83,3 +83,17 @@ def test_summary_round_trip_and_errors(tmp_path):
 def test_unknown_bench_is_an_error():
     with pytest.raises(ValueError, match="unknown bench"):
         metric_columns({"bench": "coco"})
+
+
+def test_markdown_table_with_deltas():
+    from maskfocus_cli.bench.report import markdown_table
+    tags = {"single_object": 1.0, "two_object": 0.5, "counting": 0.25, "colors": 0.75, "position": 0.0,
+            "color_attr": 0.5}
+    a = {"bench": "shapes", "overall": 0.5, "model": "after", **tags}
+    b = {"bench": "shapes", "overall": 0.25, "model": "before", **{k: v / 2 for k, v in tags.items()}}
+    md = markdown_table(a, "maskfocus evaluate --bench shapes", b)
+    lines = md.splitlines()
+    assert lines[2].startswith("| Run | Overall | Single | Two | Counting | Colors | Position | Color attr.")
+    assert lines[4] == "| after | 0.50 | 1.00 | 0.50 | 0.25 | 0.75 | 0.00 | 0.50 |"
+    assert lines[6] == "| Δ | +0.25 | +0.50 | +0.25 | +0.12 | +0.38 | +0.00 | +0.25 |"
+    assert md.rstrip().endswith("`maskfocus evaluate --bench shapes`")
