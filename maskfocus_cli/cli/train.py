@@ -55,7 +55,8 @@ def train(recipe, overrides, resume, out, explain) -> None:
             if "reward" in row:
                 info = f"reward {row['reward']['mean']:.3f}  loss {row['loss']:+.4f}  steps {row['steps']}"
             else:
-                info = f"loss {row['loss']:.4f}  acc {row['token_accuracy']:.3f}"
+                info = f"loss {row['loss']:.4f}  acc {row['token_accuracy']:.3f}  " \
+                       f"objects {row.get('object_accuracy', float('nan')):.3f}"
             bar.update(task, completed=row["iteration"] + 1, info=info)
             if main:
                 emit(row)

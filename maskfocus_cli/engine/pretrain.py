@@ -51,8 +51,15 @@ class SceneStream:
         return prompts, tokens
 
 
+def background_code(adapter: ShapesAdapter) -> int:
+    """The code of an empty canvas patch (most masked tokens are background)."""
+    from maskfocus_cli.shapes.render import render_batch
+    from maskfocus_cli.shapes.world import Scene
+    return int(adapter.tokenizer.encode(render_batch([Scene(objects=())]))[0, 0])
+
+
 def masked_ce_loss(adapter: ShapesAdapter, net: torch.nn.Module, prompts: list[str], tokens: torch.Tensor,
-                   generator: torch.Generator) -> tuple[torch.Tensor, float]:
+                   generator: torch.Generator, background: int | None = None) -> tuple[torch.Tensor, dict]:
     """Cross-entropy on a cosine-distributed random subset of positions (MaskGIT training)."""
     b, n = tokens.shape
     u = torch.rand(b, generator=generator)
@@ -67,5 +74,10 @@ def masked_ce_loss(adapter: ShapesAdapter, net: torch.nn.Module, prompts: list[s
     cond = adapter.encode_prompts(prompts)
     logits = net(inp, cond["text_ids"])
     loss = F.cross_entropy(logits[masked], tokens[masked])
-    acc = float((logits[masked].argmax(-1) == tokens[masked]).float().mean())
-    return loss, acc
+    with torch.no_grad():
+        hit = logits[masked].argmax(-1) == tokens[masked]
+        stats = {"token_accuracy": float(hit.float().mean())}
+        if background is not None:  # background dominates: object tokens are what matters
+            obj = tokens[masked] != background
+            stats["object_accuracy"] = float(hit[obj].float().mean()) if bool(obj.any()) else float("nan")
+    return loss, stats

@@ -301,11 +301,14 @@ class Trainer:
         prompts, tokens = prompts[rank * per_rank:(rank + 1) * per_rank], tokens[rank * per_rank:(rank + 1) * per_rank]
         gen = torch.Generator().manual_seed(derive_seed(self.cfg.seed, it, rank, "mask"))
         self.optimizer.zero_grad(set_to_none=True)
-        loss, acc = masked_ce_loss(self.adapter, self.net, prompts, tokens, gen)
+        if not hasattr(self, "_background"):
+            from maskfocus_cli.engine.pretrain import background_code
+            self._background = background_code(self.adapter)
+        loss, stats = masked_ce_loss(self.adapter, self.net, prompts, tokens, gen, self._background)
         self.acc.backward(loss)
         grad_norm = self._clip()
         self.optimizer.step()
-        return {"loss": float(loss.detach()), "token_accuracy": acc, "grad_norm": grad_norm,
+        return {"loss": float(loss.detach()), **stats, "grad_norm": grad_norm,
                 "time": {"total": time.perf_counter() - t0}}
 
     def _clip(self) -> float:
