@@ -12,8 +12,9 @@ import sys
 import click
 
 from maskfocus_cli import __version__
+from maskfocus_cli.errors import UserError
 
-USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, NotADirectoryError, IsADirectoryError)
+USER_ERRORS = (ValueError, UserError, FileNotFoundError, PermissionError, NotADirectoryError, IsADirectoryError)
 
 
 class App(click.Group):

@@ -37,8 +37,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from maskfocus_cli.errors import UserError
 
-class RewardServerError(RuntimeError):
+
+class RewardServerError(RuntimeError, UserError):
     """The reward server could not be reached or answered badly."""
 
 

@@ -172,3 +172,22 @@ def test_time_budget_stops_and_checkpoints(tmp_path, tiny_shapes_dir):
     rows = trainer.run()
     assert len(rows) == 0  # the budget is spent before the first iteration
     assert (tmp_path / "tb" / "checkpoints" / "step-0" / "model.safetensors").is_file()
+
+
+def test_reward_server_down_keeps_last_checkpoint(tmp_path, tiny_shapes_dir):
+    import socket
+    p = recipe_file(tmp_path, tiny_shapes_dir, out="srv")
+    runner = CliRunner()
+    assert runner.invoke(main, ["train", str(p), "--set", "train.iterations=1"]).exit_code == 0
+    ckpt = tmp_path / "srv" / "checkpoints" / "step-1" / "model.safetensors"
+    before = ckpt.read_bytes()
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    p.write_text(p.read_text().replace("rewards: [{name: brightness}]",
+                                       f"rewards: [{{name: http, options: {{url: 'http://127.0.0.1:{port}/score', "
+                                       "timeout: 0.5, retries: 1, backoff: 0.01}}]"))
+    res = runner.invoke(main, ["train", str(p), "--set", "train.iterations=2", "--resume", "latest"])
+    assert res.exit_code == 2, res.output
+    assert "127.0.0.1" in res.output and "Traceback" not in res.output
+    assert ckpt.read_bytes() == before
