@@ -20,6 +20,10 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 class CheckpointError(ValueError):
     """A checkpoint/weights file the user pointed at is missing or unreadable."""
 
@@ -31,6 +35,7 @@ def _atomic(path: Path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; results should look like any other file
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -102,6 +107,7 @@ def atomic_dir(final: Path, fill) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     try:
         fill(tmp)
+        os.chmod(tmp, 0o777 & ~_UMASK)
         if final.exists():
             old = final.with_name(f".{final.name}.old")
             if old.exists():
