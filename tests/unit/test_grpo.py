@@ -1,0 +1,159 @@
+"""GRPO core against hand-computed values: advantages, surrogate, KL, both estimators' gradients."""
+
+import math
+
+import pytest
+import torch
+
+from maskfocus_cli.engine.grpo import (clipped_surrogate, group_advantages, k3_kl, mask_grpo_step_loss,
+                                       maskfocus_step_loss, random_remask)
+from maskfocus_cli.engine.sampling import SamplerSettings, step_log_probs
+from maskfocus_cli.models.base import StepInfo
+
+
+def test_group_advantages_by_hand():
+    r = torch.tensor([1.0, 0.0, 0.5, 0.5, 2.0, 4.0])
+    adv = group_advantages(r, torch.ones(6, dtype=torch.bool), 2)
+    # group 0: mean .5 std .5 -> ±1/(1+2e-4); group 1: all equal -> dropped; group 2: mean 3, std 1
+    e = 1e-4
+    torch.testing.assert_close(adv.values, torch.tensor([.5 / (.5 + e), -.5 / (.5 + e), 0, 0, -1 / (1 + e),
+                                                         1 / (1 + e)]))
+    assert adv.keep.tolist() == [True, True, False, False, True, True]
+    assert adv.zero_std_groups == 1 and adv.groups == 3
+
+
+def test_invalid_rewards_leave_the_group_statistics():
+    r = torch.tensor([1.0, float("nan"), 3.0, 0.0, 0.0, 7.0])
+    valid = torch.isfinite(r)
+    adv = group_advantages(r, valid, 3)
+    # group 0 uses {1, 3}: mean 2, std 1; the NaN sample is dropped
+    torch.testing.assert_close(adv.values[:3], torch.tensor([-1 / (1 + 1e-4), 0.0, 1 / (1 + 1e-4)]))
+    assert adv.keep.tolist()[:3] == [True, False, True]
+    assert torch.isfinite(adv.values).all()
+
+
+def test_group_size_one_is_rejected():
+    with pytest.raises(ValueError, match="group_size"):
+        group_advantages(torch.zeros(4), torch.ones(4, dtype=torch.bool), 1)
+
+
+def test_clipped_surrogate_bounds():
+    ratio = torch.tensor([0.5, 0.95, 1.5, 1.5, 0.5])
+    adv = torch.tensor([1.0, 1.0, 1.0, -1.0, -1.0])
+    out = clipped_surrogate(ratio, adv, clip_low=0.1, clip_high=0.2)
+    # A>0: min(rA, clip(r)A) -> r=.5: min(.5, .9)=.5 ; r=.95 -> .95 ; r=1.5 -> min(1.5, 1.2)=1.2
+    # A<0: r=1.5 -> min(-1.5, -1.2) = -1.5 ; r=.5 -> min(-.5, -.9) = -.9
+    torch.testing.assert_close(out, -torch.tensor([0.5, 0.95, 1.2, -1.5, -0.9]))
+
+
+def test_k3_kl_zero_iff_equal_and_positive():
+    lp = torch.tensor([-1.0, -2.0, -0.5])
+    assert torch.equal(k3_kl(lp, lp), torch.zeros(3))
+    d = torch.tensor([0.3, -0.7, 1.2])
+    torch.testing.assert_close(k3_kl(lp, lp + d), torch.exp(d) - d - 1)
+    assert (k3_kl(lp, lp + d) > 0).all()
+
+
+def test_random_remask_counts_and_determinism():
+    final = torch.zeros(3, 10, dtype=torch.long)
+    gens = lambda: [torch.Generator().manual_seed(s) for s in (1, 2, 3)]  # noqa: E731
+    m1, m2 = random_remask(final, 4, gens()), random_remask(final, 4, gens())
+    assert torch.equal(m1, m2) and m1.sum(1).tolist() == [4, 4, 4]
+    assert not torch.equal(m1[0], m1[1])
+
+
+def _setup(toy):
+    final = torch.tensor([[0, 1, 2, 3], [4, 5, 0, 1]])
+    cond, uncond = toy.encode_prompts(["a", "b"]), toy.encode_prompts(["", ""])
+    settings = SamplerSettings(steps=4, guidance_scale=2.0)
+    return final, cond, uncond, settings
+
+
+def test_maskfocus_gradient_equals_advantage_weighted_logprob_gradient(toy):
+    final, cond, uncond, settings = _setup(toy)
+    masked = torch.tensor([[True, True, False, True], [False, True, True, False]])
+    adv = torch.tensor([0.7, -1.3])
+    step = StepInfo(1, 4, 0.75)
+    net = toy.transformer
+    res = maskfocus_step_loss(toy, net, None, final, masked, cond, uncond, step, adv, settings, kl_beta=0.0)
+    g_loss = torch.autograd.grad(res.loss_sum, list(net.parameters()))
+    # by hand: ratio = 1, so loss = -sum_i A_i * mean_{masked j} log p(final_ij)
+    inp = torch.where(masked, torch.full_like(final, toy.mask_id), final)
+    lp = step_log_probs(toy, inp, cond, uncond, step, settings).gather(-1, final[..., None])[..., 0]
+    target = -(adv * (lp * masked).sum(1) / masked.sum(1)).sum()
+    g_hand = torch.autograd.grad(target, list(net.parameters()))
+    for a, b in zip(g_loss, g_hand):
+        torch.testing.assert_close(a, b)
+    assert res.kl_sum == 0.0 and res.clip_count == 0
+
+
+def test_maskfocus_kl_is_zero_against_an_identical_reference(toy):
+    import copy
+    final, cond, uncond, settings = _setup(toy)
+    masked = torch.ones_like(final, dtype=torch.bool)
+    ref = copy.deepcopy(toy.transformer)
+    res = maskfocus_step_loss(toy, toy.transformer, ref, final, masked, cond, uncond, StepInfo(0, 4, 1.0),
+                              torch.tensor([1.0, -1.0]), settings, kl_beta=0.5)
+    assert res.kl_sum == pytest.approx(0.0, abs=1e-7)
+    with torch.no_grad():  # a different reference gives a positive KL
+        for p in ref.parameters():
+            p.add_(0.3)
+    res2 = maskfocus_step_loss(toy, toy.transformer, ref, final, masked, cond, uncond, StepInfo(0, 4, 1.0),
+                               torch.tensor([1.0, -1.0]), settings, kl_beta=0.5)
+    assert res2.kl_sum > 0
+
+
+def test_maskfocus_ratio_clipping_with_stale_old_logprobs(toy):
+    final, cond, uncond, settings = _setup(toy)
+    masked = torch.ones_like(final, dtype=torch.bool)
+    old = torch.full(final.shape, -50.0)  # π_old tiny -> ratio huge -> clipped for A > 0
+    res = maskfocus_step_loss(toy, toy.transformer, None, final, masked, cond, uncond, StepInfo(0, 4, 1.0),
+                              torch.tensor([1.0, 1.0]), settings, old_logp=old, kl_beta=0.0,
+                              clip_low=0.2, clip_high=0.2)
+    assert res.clip_count == res.elements == 8
+    # clipped branch has no gradient
+    grads = torch.autograd.grad(res.loss_sum, list(toy.transformer.parameters()), allow_unused=True)
+    assert all(g is None or torch.count_nonzero(g) == 0 for g in grads)
+    assert float(res.loss_sum.detach()) == pytest.approx(-2 * 1.2)
+
+
+def test_mask_grpo_transition_logprob_by_hand(toy):
+    _, cond, uncond, settings = _setup(toy)
+    m = toy.mask_id
+    state = torch.tensor([[m, m, m, m], [m, 2, m, m]])
+    x0 = torch.tensor([[0, 1, 2, 3], [4, 2, 0, 1]])
+    nxt = torch.tensor([[0, m, m, 3], [m, 2, 0, m]])
+    newly = (state == m) & (nxt != m)
+    adv = torch.tensor([1.0, -2.0])
+    step = StepInfo(1, 4, 0.75)
+    res = mask_grpo_step_loss(toy, toy.transformer, state, nxt, x0, newly, torch.zeros(2), cond, uncond, step,
+                              adv, settings)
+    lp_all = step_log_probs(toy, state, cond, uncond, step, settings)
+    lp = lp_all.gather(-1, x0[..., None])[..., 0]
+    expected_lp = torch.stack([lp[0, 0] + lp[0, 3], lp[1, 2]])
+    torch.testing.assert_close(res.logp, expected_lp.detach())
+    g = torch.autograd.grad(res.loss_sum, list(toy.transformer.parameters()))
+    g_hand = torch.autograd.grad(-(adv * expected_lp).sum(), list(toy.transformer.parameters()))
+    for a, b in zip(g, g_hand):
+        torch.testing.assert_close(a, b)
+
+
+def test_mask_grpo_remask_term_is_a_real_function_of_the_threshold(toy):
+    _, cond, uncond, settings = _setup(toy)
+    m = toy.mask_id
+    state = torch.full((2, 4), m)
+    x0 = torch.tensor([[0, 1, 2, 3], [4, 2, 0, 1]])
+    nxt = torch.tensor([[0, m, m, 3], [m, 2, 0, m]])
+    newly = nxt != m
+    step = StepInfo(0, 4, 1.0)
+    kw = dict(cond=cond, uncond=uncond, step=step, adv=torch.ones(2), settings=settings, remask_term=True)
+    lo = mask_grpo_step_loss(toy, toy.transformer, state, nxt, x0, newly, threshold=torch.full((2,), -2.2), **kw)
+    hi = mask_grpo_step_loss(toy, toy.transformer, state, nxt, x0, newly, threshold=torch.full((2,), -1.5), **kw)
+    base = mask_grpo_step_loss(toy, toy.transformer, state, nxt, x0, newly, threshold=torch.zeros(2),
+                               **{**kw, "remask_term": False})
+    # a higher cut-off leaves more probability mass below it: larger (less negative) re-mask term
+    assert (hi.logp >= lo.logp).all() and (hi.logp > lo.logp).any() and (base.logp >= hi.logp).all()
+    lp_all = step_log_probs(toy, state, cond, uncond, step, settings)
+    stayed = nxt == m
+    mass = (lp_all.exp() * (lp_all < -2.2)).sum(-1).clamp_min(1e-12).log()
+    torch.testing.assert_close(lo.logp - base.logp, (mass * stayed).sum(1).detach())
