@@ -25,10 +25,11 @@ def reward_curve(history: list[dict], path: str | Path, title: str = "") -> None
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     if history and "reward" in history[0]:
         mean = [r["reward"]["mean"] for r in history]
-        std = [r["reward"]["std"] for r in history]
-        axes[0].plot(its, mean, color="tab:blue", label="reward (mean)")
-        axes[0].fill_between(its, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
-                             color="tab:blue", alpha=0.2)
+        axes[0].plot(its, mean, color="tab:blue", alpha=0.3, lw=1, label="batch mean")
+        w = max(1, min(20, len(mean) // 10))  # rewards of one batch are noisy: show a moving average
+        smooth = [sum(mean[max(0, i - w + 1):i + 1]) / len(mean[max(0, i - w + 1):i + 1]) for i in range(len(mean))]
+        axes[0].plot(its, smooth, color="tab:blue", lw=2, label=f"moving average ({w})")
+        axes[0].legend(loc="lower right", fontsize=8)
         axes[0].set_ylabel("reward")
     elif history and "token_accuracy" in history[0]:
         axes[0].plot(its, [r["token_accuracy"] for r in history], color="tab:blue")
