@@ -1,4 +1,4 @@
-"""Every subcommand on tiny random instances of the real architectures (aMUSEd, Meissonic).
+"""Every subcommand on tiny random instances of the real architectures (aMUSEd, Meissonic, Show-o).
 
 Each family's tiny pipeline folder is built once, saved in the real layout, and
 loaded through our adapter (strict keys) by the CLI itself: ``sample``,
@@ -154,3 +154,27 @@ def test_train_export_round_trip(family, lora_rank, tiny_folders, prompt_file, t
         images = pipe(PROMPTS[0], num_inference_steps=2, generator=torch.Generator().manual_seed(0),
                       output_type="pt").images
         assert images.shape[0] == 1 and torch.isfinite(images).all()
+
+
+@pytest.fixture(scope="session")
+def tiny_showo(tmp_path_factory) -> Path:
+    from maskfocus_cli.models.showo_tiny import build_tiny_showo
+    return build_tiny_showo(tmp_path_factory.mktemp("tiny-showo") / "showo")
+
+
+def test_showo_every_subcommand(tiny_showo, prompt_file, tmp_path):
+    spec = f"showo:{tiny_showo}"
+    images = sample_bytes(spec, tmp_path / "s")
+    assert images[0] != images[1]
+    res = invoke(["profile-steps", "--prompts", prompt_file, "--model", spec, "--steps", 4, "--top-k", 2,
+                  "--n", 2, "--device", "cpu", "--out", tmp_path / "p"])
+    assert len(json_rows(res)) == 8 and (tmp_path / "p" / "profile.png").is_file()
+    run = tmp_path / "run"
+    invoke(["train", recipe(tmp_path, spec, prompt_file, run)])
+    ckpt = run / "checkpoints" / "step-1"
+    out = tmp_path / "exported"
+    facts = json_rows(invoke(["export", ckpt, "--to", out]))[0]
+    assert facts["family"] == "showo" and (out / "README.md").is_file()
+    from_export = sample_bytes(f"showo:{out}", tmp_path / "a")
+    assert from_export == sample_bytes(spec, tmp_path / "b", "--checkpoint", ckpt)
+    assert from_export != images
