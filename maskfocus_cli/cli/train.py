@@ -22,7 +22,7 @@ def train(recipe, overrides, resume, out, explain) -> None:
     maskfocus train recipes/shapes-maskfocus.yaml
     maskfocus train recipes/shapes-mask-grpo.yaml --set train.iterations=50 --out runs/mg
     maskfocus train recipes/shapes-maskfocus.yaml --resume latest
-    accelerate launch --num_processes 2 -m maskfocus_cli train recipes/geneval.yaml
+    accelerate launch --multi_gpu --num_processes 2 -m maskfocus_cli train recipes/geneval.yaml
     """
     from maskfocus_cli.config import Recipe, explain as explain_rows, load_recipe
 
