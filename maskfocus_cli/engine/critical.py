@@ -104,10 +104,9 @@ def make_embedder(name: str, adapter: MaskedT2IAdapter, clip_model: str = "ViT-B
 # --------------------------------------------------------------------------- information gain
 def step_similarity(x0: torch.Tensor, final: torch.Tensor, embed: StepEmbedder) -> torch.Tensor:
     """(T, B, N) x̂0 per step + (B, N) final grid → (B, T) cosine similarity s_t."""
-    t, b, n = x0.shape
-    e = embed(torch.cat([x0.reshape(t * b, n), final]))
-    e_steps, e_final = e[:t * b].view(t, b, -1), e[t * b:]
-    return F.cosine_similarity(e_steps, e_final.unsqueeze(0), dim=-1).transpose(0, 1)
+    e_final = embed(final)
+    # one step at a time: peak memory stays O(B·D) whatever T is (embeddings can be large)
+    return torch.stack([F.cosine_similarity(embed(x0[t]), e_final, dim=-1) for t in range(x0.shape[0])], dim=1)
 
 
 def information_gain(similarity: torch.Tensor) -> torch.Tensor:
