@@ -13,7 +13,7 @@ is sampled in.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Literal, Protocol, Sequence
 
 import torch
