@@ -162,7 +162,8 @@ def tiny_showo(tmp_path_factory) -> Path:
     return build_tiny_showo(tmp_path_factory.mktemp("tiny-showo") / "showo")
 
 
-def test_showo_every_subcommand(tiny_showo, prompt_file, tmp_path):
+@pytest.mark.parametrize("lora_rank", [0, 4], ids=["full", "lora"])
+def test_showo_every_subcommand(tiny_showo, prompt_file, tmp_path, lora_rank):
     spec = f"showo:{tiny_showo}"
     images = sample_bytes(spec, tmp_path / "s")
     assert images[0] != images[1]
@@ -170,8 +171,9 @@ def test_showo_every_subcommand(tiny_showo, prompt_file, tmp_path):
                   "--n", 2, "--device", "cpu", "--out", tmp_path / "p"])
     assert len(json_rows(res)) == 8 and (tmp_path / "p" / "profile.png").is_file()
     run = tmp_path / "run"
-    invoke(["train", recipe(tmp_path, spec, prompt_file, run)])
+    invoke(["train", recipe(tmp_path, spec, prompt_file, run, lora_rank)])
     ckpt = run / "checkpoints" / "step-1"
+    assert (ckpt / "lora.safetensors").is_file() == bool(lora_rank)
     out = tmp_path / "exported"
     facts = json_rows(invoke(["export", ckpt, "--to", out]))[0]
     assert facts["family"] == "showo" and (out / "README.md").is_file()
