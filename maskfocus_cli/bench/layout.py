@@ -19,30 +19,19 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
+
+from maskfocus_cli.io.checkpoint import atomic_write_bytes
+from maskfocus_cli.io.images import load_image  # noqa: F401  (re-exported for the runners)
 
 from .prompts import validate_geneval_row
 
 _DIGITS_PNG = re.compile(r"^(\d+)\.png$")
 _T2I_PNG = re.compile(r"^(.+)_(\d+)\.png$")
-
-
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def to_pil(image: torch.Tensor | Image.Image) -> Image.Image:
@@ -57,17 +46,11 @@ def to_pil(image: torch.Tensor | Image.Image) -> Image.Image:
 
 def save_png(image: torch.Tensor | Image.Image, path: str | Path) -> Path:
     """Write one image as PNG atomically."""
-    path = Path(path)
-    pil = to_pil(image)
-    _atomic_write(path, lambda f: pil.save(f, format="PNG"))
-    return path
-
-
-def load_image(path: str | Path) -> torch.Tensor:
-    """PNG → (3, H, W) float tensor in [0, 1]."""
-    with Image.open(path) as im:
-        arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1).float() / 255.0
+    import io
+    buf = io.BytesIO()
+    to_pil(image).save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue())
+    return Path(path)
 
 
 # ---------------------------------------------------------------- GenEval
@@ -83,8 +66,7 @@ def geneval_sample_path(out: str | Path, index: int, sample: int) -> Path:
 def write_geneval_metadata(out: str | Path, index: int, metadata: dict) -> Path:
     """Write OUT/<index:05>/metadata.jsonl holding the prompt's metadata row."""
     path = geneval_prompt_dir(out, index) / "metadata.jsonl"
-    data = (json.dumps(metadata) + "\n").encode("utf-8")
-    _atomic_write(path, lambda f: f.write(data))
+    atomic_write_bytes(path, (json.dumps(metadata) + "\n").encode("utf-8"))
     return path
 
 

@@ -13,7 +13,8 @@ from maskfocus_cli.cli.common import (emit, ensure_writable_dir, model_options, 
 
 def image_path(out: Path, layout: str, prompt_index: int, image_index: int) -> Path:
     if layout == "geneval":
-        return out / f"{prompt_index:05d}" / "samples" / f"{image_index:04d}.png"
+        from maskfocus_cli.bench.layout import geneval_sample_path
+        return geneval_sample_path(out, prompt_index, image_index)
     return out / f"{prompt_index:05d}-{image_index:04d}.png"
 
 
@@ -41,7 +42,6 @@ def sample(prompt_args, prompts_file, model_spec, checkpoint, device, dtype, ste
     printf 'a photo of two green triangles\\n' | maskfocus sample --prompts - --out OUT | jq .path
     """
     from maskfocus_cli.engine.generate import generate, make_jobs
-    from maskfocus_cli.io.checkpoint import atomic_write_bytes
     from maskfocus_cli.io.images import contact_sheet, save_png
     from maskfocus_cli.models.loading import load_model
 
@@ -57,10 +57,9 @@ def sample(prompt_args, prompts_file, model_spec, checkpoint, device, dtype, ste
         from maskfocus_cli.engine.routing import EntropyRouter
         router = EntropyRouter()
     if layout == "geneval":
-        import json
+        from maskfocus_cli.bench.layout import write_geneval_metadata
         for i, (p, m) in enumerate(zip(prompts, metas)):
-            row = m if m is not None else {"prompt": p}
-            atomic_write_bytes(out_dir / f"{i:05d}" / "metadata.jsonl", (json.dumps(row) + "\n").encode())
+            write_geneval_metadata(out_dir, i, m if m is not None else {"prompt": p})
     jobs = make_jobs(prompts, n, seed, metas)
     sheet = []
     with progress() as bar:
