@@ -5,9 +5,12 @@ render a scene that satisfies it, tokenize, mask a cosine-distributed fraction o
 tokens, predict them. Prompts are dropped (→ "") with ``prompt_dropout`` so the
 model learns the unconditional branch that classifier-free guidance needs.
 
-The tag mix is deliberately uneven (``TAG_MIX``): counting and position get less
-data, like web data under-covers them, so the shipped base leaves the headroom
-RL is meant to fix (cf. Show-o's 0.31 on GenEval position).
+Counting and position captions are deliberately noisy (``CAPTION_FIDELITY``): like
+web alt-text, which rarely states counts and relations correctly, only a share of
+those training scenes match their caption; the rest show another count or another
+relation. The base therefore *can* draw the right count or layout but does so in a
+minority of samples — the headroom real models have there (Meissonic: 0.10 on GenEval
+position) and exactly what RL post-training sharpens.
 """
 
 from __future__ import annotations
@@ -21,8 +24,32 @@ import torch.nn.functional as F
 from maskfocus_cli.models.shapes import ShapesAdapter
 
 #: relative share of each GenEval tag in the pretraining prompts
-TAG_MIX = {"single_object": 3.0, "two_object": 3.0, "colors": 3.0, "color_attr": 2.0,
-           "counting": 1.0, "position": 0.5}
+TAG_MIX = {"single_object": 2.0, "two_object": 3.0, "colors": 2.0, "color_attr": 4.0,
+           "counting": 2.0, "position": 2.0}
+
+#: share of training scenes of a tag that match their caption (the rest: another count/relation)
+CAPTION_FIDELITY = {"counting": 0.3, "position": 0.3}
+
+
+def noisy_scene_meta(meta: dict, rng: random.Random, fidelity: dict[str, float] | None = None) -> dict:
+    """The metadata a training scene is rendered from: the caption's own, or a perturbed copy.
+
+    A perturbed counting row shows another count (1–4); a perturbed position row shows
+    another relation. The caption (``meta["prompt"]``) is never changed.
+    """
+    from maskfocus_cli.shapes import world
+    share = (CAPTION_FIDELITY if fidelity is None else fidelity).get(meta["tag"])
+    if share is None or rng.random() < share:
+        return meta
+    include = [dict(c) for c in meta["include"]]
+    if meta["tag"] == "counting":
+        include[0]["count"] = rng.choice([n for n in range(1, 5) if n != include[0]["count"]])
+    else:
+        for c in include:
+            if "position" in c:
+                rel, target = c["position"]
+                c["position"] = [rng.choice([r for r in world.RELATIONS if r != rel]), target]
+    return {**meta, "include": include}
 
 
 class SceneStream:
@@ -45,7 +72,7 @@ class SceneStream:
         for _ in range(size):
             tag = rng.choices(self.tags, self.weights)[0]
             meta = rng.choice(self.rows[tag])
-            scenes.append(world.scene_for(meta, rng))
+            scenes.append(world.scene_for(noisy_scene_meta(meta, rng), rng))
             prompts.append("" if rng.random() < prompt_dropout else meta["prompt"])
         tokens = self.adapter.tokenizer.encode(render_batch(scenes))
         return prompts, tokens

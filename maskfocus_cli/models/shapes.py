@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from maskfocus_cli.models.base import Cond, MaskedT2IAdapter, StepInfo
@@ -96,10 +97,29 @@ class ShapesTransformer(nn.Module):
         text_pad = text_ids == 0
         x = torch.cat([self.text_emb(text_ids) + self.text_pos, self.token_emb(tokens) + self.image_pos], 1)
         pad = torch.cat([text_pad, torch.zeros(b, n, dtype=torch.bool, device=tokens.device)], 1)
-        # float mask (not bool) keeps the math path identical for every batch size
+        # additive key bias (B, 1, 1, L): padded text positions are never attended to
         attn_bias = torch.zeros(pad.shape, dtype=x.dtype, device=x.device).masked_fill(pad, float("-inf"))
-        h = self.encoder(x, src_key_padding_mask=attn_bias)
-        return self.head(self.norm(h[:, -n:]))
+        attn_bias = attn_bias[:, None, None, :]
+        for layer in self.encoder.layers:
+            x = self._block(layer, x, attn_bias)
+        return self.head(self.norm(x[:, -n:]))
+
+    def _block(self, layer: nn.TransformerEncoderLayer, x: torch.Tensor, attn_bias: torch.Tensor) -> torch.Tensor:
+        """One pre-norm block over the layer's own parameters, attention through SDPA.
+
+        Same weights and maths as ``nn.TransformerEncoderLayer(norm_first=True)``, but its
+        inference fast path computes attention as bmm + masked softmax; SDPA's fused CPU
+        kernel is faster, and one code path serves sampling and training alike.
+        """
+        b, length, d = x.shape
+        heads = self.cfg.n_heads
+        attn = layer.self_attn
+        y = layer.norm1(x)
+        qkv = F.linear(y, attn.in_proj_weight, attn.in_proj_bias)
+        q, k, v = qkv.view(b, length, 3, heads, d // heads).permute(2, 0, 3, 1, 4)
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias)
+        x = x + attn.out_proj(a.transpose(1, 2).reshape(b, length, d))
+        return x + layer.linear2(F.gelu(layer.linear1(layer.norm2(x))))
 
 
 class ShapesAdapter(MaskedT2IAdapter):
