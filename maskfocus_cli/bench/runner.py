@@ -169,6 +169,40 @@ class _Timer:
         return round(self.images / self.seconds, 2) if self.images and self.seconds > 0 else None
 
 
+class _Sink:
+    """Where scored rows go, in one place for every runner: the results store, the
+    caller's per-row hook and the progress callback."""
+
+    def __init__(self, store: ResultsStore, total: int, on_row: Callable[[dict], None] | None,
+                 on_progress: Progress | None) -> None:
+        self.store, self.total, self.on_row, self.on_progress, self.done = store, total, on_row, on_progress, 0
+        if on_progress:
+            on_progress(0, total)
+
+    def add(self, rows: Sequence[dict]) -> None:
+        self.store.add(rows)
+        if self.on_row is not None:
+            for r in rows:
+                self.on_row(r)
+        self.done += len(rows)
+        if self.on_progress:
+            self.on_progress(self.done, self.total)
+
+
+def _score_files(items: Sequence, batch_size: int, score: Callable[[torch.Tensor, Sequence], list[dict]],
+                 timer: "_Timer", sink: _Sink) -> None:
+    """Score saved images in chunks; each chunk's PNGs are stacked by size (reading counts as scoring)."""
+    for chunk in _batched(items, batch_size):
+        t0 = time.perf_counter()
+        groups = list(_stack_by_size([it.path for it in chunk]))
+        timer.seconds += time.perf_counter() - t0
+        rows: list[dict | None] = [None] * len(chunk)
+        for idx, images in groups:
+            for i, r in zip(idx, score(images, [chunk[i] for i in idx])):
+                rows[i] = r
+        sink.add(rows)
+
+
 def _batched(items: Sequence, size: int) -> Iterator[Sequence]:
     for start in range(0, len(items), size):
         yield items[start:start + size]
@@ -272,9 +306,7 @@ def run_geneval_like(out: str | Path, metadata: Sequence[dict], detector: Detect
     for j in jobs:
         _check_prompt(store, (j.prompt_index, j.image_index), j.prompt)
     todo = [j for j in jobs if (j.prompt_index, j.image_index) not in store]
-    timer, done = _Timer(), 0
-    if on_progress:
-        on_progress(0, len(todo))
+    timer, sink = _Timer(), _Sink(store, len(todo), on_row, on_progress)
     if todo:
         generation.adapter.encode_prompts(sorted({j.prompt for j in todo}))  # bad prompts fail before sampling
         for batch in generate(generation.adapter, todo, generation.settings, generation.batch_size):
@@ -284,14 +316,7 @@ def run_geneval_like(out: str | Path, metadata: Sequence[dict], detector: Detect
                 path = geneval_sample_path(out, job.prompt_index, job.image_index)
                 save_png(images[k], path)
                 items.append(GenEvalItem(job.prompt_index, job.image_index, job.meta, path, job.seed))
-            rows = _score_geneval(detector, images, items, out, thresholds, timer)
-            store.add(rows)
-            if on_row is not None:
-                for r in rows:
-                    on_row(r)
-            done += len(rows)
-            if on_progress:
-                on_progress(done, len(todo))
+            sink.add(_score_geneval(detector, images, items, out, thresholds, timer))
     rows = [store.rows[(j.prompt_index, j.image_index)] for j in jobs]
     info = {**(model_info or {}), **generation.describe(), "images_per_second_scored": timer.rate(),
             "newly_scored": timer.images}
@@ -318,25 +343,9 @@ def score_geneval_dir(images_dir: str | Path, detector: Detector, *, out: str | 
     for it in items:
         _check_prompt(store, (it.prompt_index, it.image_index), it.meta["prompt"])
     todo = [it for it in items if (it.prompt_index, it.image_index) not in store]
-    timer, done = _Timer(), 0
-    if on_progress:
-        on_progress(0, len(todo))
-    for chunk in _batched(todo, batch_size):
-        t0 = time.perf_counter()
-        groups = list(_stack_by_size([it.path for it in chunk]))
-        timer.seconds += time.perf_counter() - t0  # reading the PNGs is part of scoring them
-        rows: list[dict | None] = [None] * len(chunk)
-        for idx, images in groups:
-            for i, r in zip(idx, _score_geneval(detector, images, [chunk[i] for i in idx], root, thresholds,
-                                                timer)):
-                rows[i] = r
-        store.add(rows)
-        if on_row is not None:
-            for r in rows:
-                on_row(r)
-        done += len(rows)
-        if on_progress:
-            on_progress(done, len(todo))
+    timer = _Timer()
+    _score_files(todo, batch_size, lambda images, its: _score_geneval(detector, images, its, root, thresholds, timer),
+                 timer, _Sink(store, len(todo), on_row, on_progress))
     rows = [store.rows[(it.prompt_index, it.image_index)] for it in items]
     summary = geneval_summary(rows, bench, {"images_dir": str(root), "images_per_second_scored": timer.rate(),
                                             "newly_scored": timer.images})
@@ -345,7 +354,7 @@ def score_geneval_dir(images_dir: str | Path, detector: Detector, *, out: str | 
     return rows, summary
 
 
-def shapes_benchmark(adapter: MaskedT2IAdapter, n_prompts: int = 96, n_images: int = 4,
+def shapes_benchmark(adapter: MaskedT2IAdapter, n_prompts: int = 192, n_images: int = 4,
                      settings: SamplerSettings | None = None, seed: int = 0, *, prompt_seed: int = 0,
                      batch_size: int = 64, metadata: Sequence[dict] | None = None,
                      thresholds: GenEvalThresholds = GenEvalThresholds()) -> dict:
@@ -483,9 +492,7 @@ def run_t2i_compbench(out: str | Path, prompts_by_category: dict[str, Sequence[s
             _check_prompt(store, (cat, j.prompt_index * n + j.image_index), j.prompt)
         plan.append((cat, jobs))
     total = sum(1 for cat, jobs in plan for j in jobs if (cat, j.prompt_index * n + j.image_index) not in store)
-    timer, done = _Timer(), 0
-    if on_progress:
-        on_progress(0, total)
+    timer, sink = _Timer(), _Sink(store, total, on_row, on_progress)
     all_keys: list[tuple] = []
     for cat, jobs in plan:
         all_keys += [(cat, j.prompt_index * n + j.image_index) for j in jobs]
@@ -500,14 +507,7 @@ def run_t2i_compbench(out: str | Path, prompts_by_category: dict[str, Sequence[s
                 idx = job.prompt_index * n + job.image_index
                 path = save_png(images[k], t2i_sample_path(out / cat, job.prompt, idx))
                 items.append(T2IItem(cat, idx, job.prompt, path, job.prompt_index, job.image_index, job.seed))
-            rows = _t2i_rows(scorers[cat], images, items, out, timer)
-            store.add(rows)
-            if on_row is not None:
-                for r in rows:
-                    on_row(r)
-            done += len(rows)
-            if on_progress:
-                on_progress(done, total)
+            sink.add(_t2i_rows(scorers[cat], images, items, out, timer))
     rows = [store.rows[k] for k in all_keys]
     summary = t2i_summary(rows, {**(model_info or {}), **generation.describe(),
                                  "images_per_second_scored": timer.rate(), "newly_scored": timer.images})
@@ -549,26 +549,10 @@ def score_t2i_dir(images_dir: str | Path, scorers: dict[str, object], *, out: st
     for it in items:
         _check_prompt(store, (it.category, it.idx), it.prompt)
     todo = [it for it in items if (it.category, it.idx) not in store]
-    timer, done = _Timer(), 0
-    if on_progress:
-        on_progress(0, len(todo))
+    timer, sink = _Timer(), _Sink(store, len(todo), on_row, on_progress)
     for cat in dirs:
-        cat_todo = [it for it in todo if it.category == cat]
-        for chunk in _batched(cat_todo, batch_size):
-            t0 = time.perf_counter()
-            groups = list(_stack_by_size([it.path for it in chunk]))
-            timer.seconds += time.perf_counter() - t0
-            rows: list[dict | None] = [None] * len(chunk)
-            for idx, images in groups:
-                for i, r in zip(idx, _t2i_rows(scorers[cat], images, [chunk[i] for i in idx], root, timer)):
-                    rows[i] = r
-            store.add(rows)
-            if on_row is not None:
-                for r in rows:
-                    on_row(r)
-            done += len(rows)
-            if on_progress:
-                on_progress(done, len(todo))
+        _score_files([it for it in todo if it.category == cat], batch_size,
+                     lambda images, its, cat=cat: _t2i_rows(scorers[cat], images, its, root, timer), timer, sink)
     rows = [store.rows[(it.category, it.idx)] for it in items]
     summary = t2i_summary(rows, {"images_dir": str(root), "images_per_second_scored": timer.rate(),
                                  "newly_scored": timer.images})

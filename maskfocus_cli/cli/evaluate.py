@@ -59,7 +59,7 @@ def _bar_callback(bar, label: str):
 @click.option("--batch-size", default=64, show_default=True, type=int, help="Images per sampling batch.")
 @click.option("--score-batch-size", default=16, show_default=True, type=int,
               help="Images per scoring batch when reading --images.")
-@click.option("--num-prompts", default=96, show_default=True, type=int,
+@click.option("--num-prompts", default=192, show_default=True, type=int,
               help="shapes: number of held-out prompts (tag-balanced).")
 @click.option("--prompt-seed", default=0, show_default=True, type=int, help="shapes: seed of the prompt draw.")
 @click.option("--detector", "detector_path", default=DEFAULT_DETECTOR, show_default=True, metavar="PATH",

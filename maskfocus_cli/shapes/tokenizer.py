@@ -129,9 +129,9 @@ class ShapesTokenizer:
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> None:
-        from safetensors.torch import save_file
-        save_file({"codebook": self.codebook}, str(path),
-                  metadata={"patch": str(PATCH), "grid": f"{GRID},{GRID}", "kind": "shapes-patch-vq"})
+        from maskfocus_cli.io.checkpoint import save_weights  # atomic, normal file permissions
+        save_weights({"codebook": self.codebook}, path,
+                     metadata={"patch": str(PATCH), "grid": f"{GRID},{GRID}", "kind": "shapes-patch-vq"})
 
     @classmethod
     def load(cls, path: str | Path) -> "ShapesTokenizer":
