@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from maskfocus_cli.models.amused_folders import (ModelFolderError, check_device_dtype, expect_class,
+from maskfocus_cli.models.folders import (ModelFolderError, check_device_dtype, expect_class,
                                                  load_state_strict, read_config, resolve_folder,
                                                  save_folder_atomically, weight_files)
 from maskfocus_cli.models.base import Cond, MaskedT2IAdapter, StepInfo

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from maskfocus_cli.models.amused import AmusedAdapter, load_frozen_components, load_transformer, read_mask_id
-from maskfocus_cli.models.amused_folders import check_device_dtype, resolve_folder
+from maskfocus_cli.models.folders import check_device_dtype, resolve_folder
 from maskfocus_cli.models.base import Cond, StepInfo
 
 LAYOUT = ("transformer/config.json", "vqvae/config.json", "text_encoder/config.json", "tokenizer")

@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from maskfocus_cli.models.amused_folders import (HUB_ID, ModelFolderError, check_device_dtype, check_layout,
+from maskfocus_cli.models.folders import (HUB_ID, ModelFolderError, check_device_dtype, check_layout,
                                                  expect_class, load_state_strict, read_config,
                                                  save_folder_atomically)
 from maskfocus_cli.models.base import Cond, MaskedT2IAdapter, StepInfo

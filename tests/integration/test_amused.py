@@ -29,7 +29,7 @@ import torch
 import maskfocus_cli.engine.sampling as sampling
 from maskfocus_cli.engine.sampling import SamplerSettings, mask_counts, sample
 from maskfocus_cli.models.amused import AmusedAdapter, load
-from maskfocus_cli.models.amused_folders import ModelFolderError
+from maskfocus_cli.models.folders import ModelFolderError
 from maskfocus_cli.models.amused_tiny import build_tiny_amused
 
 diffusers = pytest.importorskip("diffusers")

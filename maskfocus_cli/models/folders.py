@@ -5,7 +5,6 @@ This module turns a user's ``PATH_OR_ID`` into a local folder (a hub id only whe
 the network allows), checks the layout with a message that lists what was
 expected, and reads component weights with strict key/shape checks, so a folder
 of another architecture fails loudly instead of loading half-random weights.
-(The name carries the ``amused_`` prefix for file-ownership reasons only.)
 """
 
 from __future__ import annotations
