@@ -16,6 +16,17 @@ def _figure_bytes(fig) -> bytes:
     return buf.getvalue()
 
 
+def moving_average(values: list[float], window: int) -> list[float]:
+    """Trailing mean over up to ``window`` values (one batch's reward is noisy)."""
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out
+
+
 def reward_curve(history: list[dict], path: str | Path, title: str = "") -> None:
     """Reward mean ± std per iteration (and loss) from metrics rows."""
     import matplotlib
@@ -26,8 +37,8 @@ def reward_curve(history: list[dict], path: str | Path, title: str = "") -> None
     if history and "reward" in history[0]:
         mean = [r["reward"]["mean"] for r in history]
         axes[0].plot(its, mean, color="tab:blue", alpha=0.3, lw=1, label="batch mean")
-        w = max(1, min(20, len(mean) // 10))  # rewards of one batch are noisy: show a moving average
-        smooth = [sum(mean[max(0, i - w + 1):i + 1]) / len(mean[max(0, i - w + 1):i + 1]) for i in range(len(mean))]
+        w = max(1, min(20, len(mean) // 10))
+        smooth = moving_average(mean, w)
         axes[0].plot(its, smooth, color="tab:blue", lw=2, label=f"moving average ({w})")
         axes[0].legend(loc="lower right", fontsize=8)
         axes[0].set_ylabel("reward")
@@ -38,5 +49,34 @@ def reward_curve(history: list[dict], path: str | Path, title: str = "") -> None
     axes[1].plot(its, [r.get("loss", float("nan")) for r in history], color="tab:red")
     axes[1].set_xlabel("iteration")
     axes[1].set_ylabel("loss")
+    fig.suptitle(title)
+    atomic_write_bytes(path, _figure_bytes(fig))
+
+
+def compare_reward_curves(runs: dict[str, list[dict]], path: str | Path, title: str = "") -> None:
+    """Several runs' rewards (moving average) against wall time, and their KL: equal-budget comparisons
+    are about reward per minute, so the x axis is minutes, not iterations."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for label, history in runs.items():
+        rows = [r for r in history if "reward" in r]
+        if not rows:
+            continue
+        minutes, t = [], 0.0
+        for r in rows:
+            t += r.get("time", {}).get("total", 0.0)
+            minutes.append(t / 60)
+        mean = [r["reward"]["mean"] for r in rows]
+        smooth = moving_average(mean, max(1, min(20, len(mean) // 10)))
+        line, = axes[0].plot(minutes, smooth, lw=2, label=f"{label} ({len(rows)} it.)")
+        axes[1].plot(minutes, [r.get("kl", float("nan")) for r in rows], lw=1, color=line.get_color())
+    axes[0].set_xlabel("minutes (time in iterations)")
+    axes[0].set_ylabel("rollout reward (moving average)")
+    axes[0].legend(loc="lower right", fontsize=8)
+    axes[1].set_xlabel("minutes (time in iterations)")
+    axes[1].set_ylabel("KL to reference (per token)")
+    axes[1].set_yscale("symlog", linthresh=0.01)
     fig.suptitle(title)
     atomic_write_bytes(path, _figure_bytes(fig))

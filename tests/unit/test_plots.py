@@ -1,0 +1,24 @@
+"""Plot helpers: the smoothing maths by hand, and that figures are written as PNGs."""
+
+import pytest
+
+from maskfocus_cli.io.plots import compare_reward_curves, moving_average, reward_curve
+
+
+def test_moving_average_by_hand():
+    assert moving_average([1.0, 2.0, 3.0, 4.0], 2) == pytest.approx([1.0, 1.5, 2.5, 3.5])
+    assert moving_average([3.0, 0.0, 3.0], 5) == pytest.approx([3.0, 1.5, 2.0])
+    assert moving_average([2.0, 4.0], 1) == [2.0, 4.0]
+    assert moving_average([], 3) == []
+
+
+def _history(n, slope):
+    return [{"iteration": i, "reward": {"mean": 0.5 + slope * i, "std": 0.1}, "kl": 0.01 * i, "loss": 0.0,
+             "time": {"total": 4.0}} for i in range(n)]
+
+
+def test_figures_are_png(tmp_path):
+    compare_reward_curves({"maskfocus": _history(30, 0.01), "mask-grpo": _history(20, 0.0)}, tmp_path / "c.png")
+    reward_curve(_history(10, 0.02), tmp_path / "r.png")
+    for name in ("c.png", "r.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
