@@ -74,7 +74,7 @@ def compare_reward_curves(runs: dict[str, list[dict]], path: str | Path, title: 
         axes[1].plot(minutes, [r.get("kl", float("nan")) for r in rows], lw=1, color=line.get_color())
     axes[0].set_xlabel("minutes (time in iterations)")
     axes[0].set_ylabel("rollout reward (moving average)")
-    axes[0].legend(loc="lower right", fontsize=8)
+    axes[0].legend(loc="best", fontsize=8)
     axes[1].set_xlabel("minutes (time in iterations)")
     axes[1].set_ylabel("KL to reference (per token)")
     axes[1].set_yscale("symlog", linthresh=0.01)
