@@ -26,31 +26,12 @@ import torch
 from PIL import Image
 
 from maskfocus_cli.io.checkpoint import atomic_write_bytes
-from maskfocus_cli.io.images import load_image  # noqa: F401  (re-exported for the runners)
+from maskfocus_cli.io.images import load_image, save_png, to_pil  # noqa: F401  (re-exported for the runners)
 
 from .prompts import validate_geneval_row
 
 _DIGITS_PNG = re.compile(r"^(\d+)\.png$")
 _T2I_PNG = re.compile(r"^(.+)_(\d+)\.png$")
-
-
-def to_pil(image: torch.Tensor | Image.Image) -> Image.Image:
-    """(3, H, W) float tensor in [0, 1] (or a PIL image) → RGB PIL image."""
-    if isinstance(image, Image.Image):
-        return image.convert("RGB")
-    if image.ndim != 3 or image.shape[0] != 3:
-        raise ValueError(f"expected an image tensor of shape (3, H, W), got {tuple(image.shape)}")
-    arr = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-    return Image.fromarray(arr)
-
-
-def save_png(image: torch.Tensor | Image.Image, path: str | Path) -> Path:
-    """Write one image as PNG atomically."""
-    import io
-    buf = io.BytesIO()
-    to_pil(image).save(buf, format="PNG")
-    atomic_write_bytes(path, buf.getvalue())
-    return Path(path)
 
 
 # ---------------------------------------------------------------- GenEval

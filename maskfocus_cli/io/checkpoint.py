@@ -54,13 +54,14 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
 
 
-def read_json(path: str | Path) -> dict:
+def read_json(path: str | Path, error: type[Exception] = CheckpointError) -> dict:
+    """A JSON file, or ``error`` (a one-line user error) naming the file and what is wrong with it."""
     try:
         return json.loads(Path(path).read_text())
     except FileNotFoundError:
-        raise CheckpointError(f"missing file {path}") from None
+        raise error(f"missing file {path}") from None
     except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path} is not valid JSON ({e.msg} at line {e.lineno})") from None
+        raise error(f"{path} is not valid JSON ({e.msg} at line {e.lineno})") from None
 
 
 def save_weights(state: dict[str, torch.Tensor], path: str | Path, metadata: dict | None = None) -> None:

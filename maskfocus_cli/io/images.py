@@ -15,18 +15,29 @@ from maskfocus_cli.io.checkpoint import atomic_write_bytes
 
 def to_uint8(image: torch.Tensor) -> np.ndarray:
     """(3, H, W) float in [0, 1] → (H, W, 3) uint8."""
+    if image.ndim != 3 or image.shape[0] != 3:
+        raise ValueError(f"expected an image tensor of shape (3, H, W), got {tuple(image.shape)}")
     arr = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
     return arr.permute(1, 2, 0).cpu().numpy()
 
 
-def png_bytes(image: torch.Tensor) -> bytes:
+def to_pil(image: torch.Tensor | Image.Image) -> Image.Image:
+    """(3, H, W) float tensor in [0, 1] (or a PIL image) → RGB PIL image."""
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    return Image.fromarray(to_uint8(image))
+
+
+def png_bytes(image: torch.Tensor | Image.Image) -> bytes:
     buf = io.BytesIO()
-    Image.fromarray(to_uint8(image)).save(buf, format="PNG")
+    to_pil(image).save(buf, format="PNG")
     return buf.getvalue()
 
 
-def save_png(image: torch.Tensor, path: str | Path) -> None:
+def save_png(image: torch.Tensor | Image.Image, path: str | Path) -> Path:
+    """Write one image as PNG atomically; returns the path."""
     atomic_write_bytes(path, png_bytes(image))
+    return Path(path)
 
 
 def load_image(path: str | Path) -> torch.Tensor:

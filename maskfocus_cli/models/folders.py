@@ -9,13 +9,14 @@ of another architecture fails loudly instead of loading half-random weights.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Iterable
 
 import torch
 from torch import nn
+
+from maskfocus_cli.io.checkpoint import read_json
 
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -62,12 +63,7 @@ def check_layout(folder: Path, family: str, expected: Iterable[str]) -> Path:
 
 
 def read_config(path: Path) -> dict:
-    try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise ModelFolderError(f"missing {path}") from None
-    except json.JSONDecodeError as e:
-        raise ModelFolderError(f"{path} is not valid JSON ({e.msg} at line {e.lineno})") from None
+    return read_json(path, ModelFolderError)
 
 
 def expect_class(config: dict, path: Path, wanted: str | tuple[str, ...], family: str,
