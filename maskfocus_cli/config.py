@@ -108,6 +108,9 @@ class TrainConfig:
     seed: int = opt(0, "global seed (prompts, rollouts, step selection)")
     mixed_precision: str = opt("no", "accelerate mixed precision", choices=("no", "bf16", "fp16"))
     lora_rank: int = opt(0, "LoRA rank via peft (0 = full fine-tuning)", min=0)
+    rollout_dtype: str = opt("fp32", "weights dtype of the rollout copy of the policy (bf16: ~1.8x faster "
+                             "sampling on CPUs with AVX-512 bf16; the loss still runs on the fp32 master "
+                             "weights, re-cast after every optimiser step)", choices=("fp32", "bf16"))
     time_budget_minutes: float = opt(0.0, "stop (and checkpoint) after this much wall time; 0 = no limit; "
                                      "for equal-budget comparisons", min=0)
     # supervised pretraining of the built-in model

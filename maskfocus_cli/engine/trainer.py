@@ -124,6 +124,7 @@ class Trainer:
             # with LoRA the frozen base *is* the reference: no second copy of the weights
             self.reference = AdapterDisabled(self.policy) if self.lora else \
                 copy.deepcopy(self.policy).requires_grad_(False).eval()
+        self.rollout_net = self._make_rollout_net()
         params = [p for p in self.policy.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=self.cfg.lr, betas=tuple(self.cfg.betas),
                                            weight_decay=self.cfg.weight_decay)
@@ -167,6 +168,28 @@ class Trainer:
             return adapter
         device = "cuda" if self.acc.device.type == "cuda" else "cpu"
         return load_model(m.spec, m.checkpoint, device, m.dtype)
+
+    def _make_rollout_net(self) -> nn.Module:
+        """The module rollouts sample with: the policy itself, or a low-precision copy of it.
+
+        Rollouts are ~3/4 of an iteration on CPU and need no gradients, so a bf16 copy
+        buys iterations; log-probs for the loss still come from the fp32 policy (the
+        single-epoch π_old is the current policy detached, never the rollout copy).
+        """
+        if self.cfg.rollout_dtype == "fp32" or self.cfg.algorithm == "pretrain":
+            return self.policy
+        if self.lora:
+            raise ValueError("train.rollout_dtype: bf16 needs full fine-tuning (lora_rank: 0); with LoRA use "
+                             "train.mixed_precision: bf16 instead")
+        return copy.deepcopy(self.policy).to(torch.bfloat16).requires_grad_(False).eval()
+
+    @torch.no_grad()
+    def _sync_rollout_net(self) -> None:
+        """Re-cast the fp32 master weights into the rollout copy (after each optimiser step)."""
+        if self.rollout_net is self.policy:
+            return
+        for dst, src in zip(self.rollout_net.parameters(), self.acc.unwrap_model(self.net).parameters()):
+            dst.copy_(src)
 
     def _build_reward(self):
         from maskfocus_cli.rewards.composite import CompositeReward, RewardSpec
@@ -225,6 +248,7 @@ class Trainer:
                                   "resume from an earlier checkpoint") from None
         self.optimizer.load_state_dict(st["optimizer"])
         self.scheduler.load_state_dict(st["scheduler"])
+        self._sync_rollout_net()
         self.state.iteration = int(info["iteration"])
         metrics = self.run_dir / "metrics.jsonl"
         rows = []
@@ -339,7 +363,7 @@ class Trainer:
         cond = self.encoder(prompts)
         uncond = self.encoder([""] * len(prompts))
         res = sample(self.adapter, cond, uncond, seeds, self.settings, record=True, router=self.router,
-                     net=self.policy)
+                     net=self.rollout_net)
         traj = res.trajectory
         images = self.adapter.decode(res.tokens)
         times["rollout"] = time.perf_counter() - t0
@@ -378,6 +402,7 @@ class Trainer:
                                            n_keep_global, epoch)
                 grad_norm = self._clip()
                 self.optimizer.step()
+                self._sync_rollout_net()
                 if epoch == 0:
                     stats.update(e_stats)
                 stats["grad_norm"] = grad_norm

@@ -80,6 +80,24 @@ def test_resume_is_bit_identical(tmp_path, tiny_shapes_dir):
     assert strip_times(metrics) == strip_times(rows_full)
 
 
+def test_bf16_rollouts_track_the_policy_and_resume_exactly(tmp_path, tiny_shapes_dir):
+    bf16 = ["train.rollout_dtype=bf16"]
+    full = Trainer(load_recipe(recipe_file(tmp_path, tiny_shapes_dir, out="full"), bf16))
+    assert full.rollout_net is not full.policy
+    rows_full = full.run()
+    assert all(math.isfinite(r["loss"]) for r in rows_full)
+    for (name, p), q in zip(full.policy.named_parameters(), full.rollout_net.parameters()):
+        assert q.dtype == torch.bfloat16 and torch.equal(q, p.detach().to(torch.bfloat16)), name
+
+    part = Trainer(load_recipe(recipe_file(tmp_path, tiny_shapes_dir, out="part"), bf16))
+    part.run(stop_after=2)
+    resumed = Trainer(load_recipe(recipe_file(tmp_path, tiny_shapes_dir, out="part"), bf16))
+    assert strip_times(resumed.run(resume="latest")) == strip_times(rows_full)
+
+    fp32 = Trainer(load_recipe(recipe_file(tmp_path, tiny_shapes_dir, out="fp32")))
+    assert fp32.rollout_net is fp32.policy
+
+
 def test_nan_rewards_are_skipped_and_counted(tmp_path, tiny_shapes_dir, monkeypatch):
     import maskfocus_cli.rewards.registry as registry
 
