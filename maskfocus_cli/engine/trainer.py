@@ -414,6 +414,7 @@ class Trainer:
         row = {
             "reward": _mean_std(rewards[valid]),
             "components": {k: _mean_std(full[:, 2 + j][valid]) for j, k in enumerate(comp_names)},
+            "reward_by_tag": reward_by_tag(rewards, valid, [chosen[i // G][1] for i in range(total)]),
             "loss": stats["loss"], "kl": stats["kl"],
             "clip_fraction": stats["clipped"] / stats["elements"] if stats["elements"] else 0.0,
             "zero_std_ratio": adv.zero_std_groups / adv.groups,
@@ -573,6 +574,15 @@ def add_lora(adapter: MaskedT2IAdapter, rank: int, seed: int = 0) -> nn.Module:
         torch.manual_seed(seed)  # LoRA's random init must not depend on what ran before (exact resume)
         return get_peft_model(adapter.transformer, LoraConfig(r=rank, lora_alpha=rank, lora_dropout=0.0,
                                                               target_modules=targets))
+
+
+def reward_by_tag(rewards: torch.Tensor, valid: torch.Tensor, metas: list[dict | None]) -> dict[str, float]:
+    """Mean valid reward per GenEval tag (prompts with metadata only): which skills are moving."""
+    by: dict[str, list[float]] = {}
+    for r, ok, m in zip(rewards.tolist(), valid.tolist(), metas):
+        if ok and m and "tag" in m:
+            by.setdefault(str(m["tag"]), []).append(r)
+    return {t: sum(v) / len(v) for t, v in sorted(by.items())}
 
 
 def _mean_std(x: torch.Tensor) -> dict:

@@ -27,6 +27,17 @@ def moving_average(values: list[float], window: int) -> list[float]:
     return out
 
 
+def tag_series(history: list[dict]) -> dict[str, tuple[list[int], list[float]]]:
+    """Per GenEval tag, (iterations, mean rollout reward) from metrics rows' ``reward_by_tag``."""
+    out: dict[str, tuple[list[int], list[float]]] = {}
+    for r in history:
+        for tag, v in (r.get("reward_by_tag") or {}).items():
+            xs, ys = out.setdefault(tag, ([], []))
+            xs.append(r["iteration"])
+            ys.append(v)
+    return out
+
+
 def reward_curve(history: list[dict], path: str | Path, title: str = "") -> None:
     """Reward mean ± std per iteration (and loss) from metrics rows."""
     import matplotlib
@@ -40,7 +51,9 @@ def reward_curve(history: list[dict], path: str | Path, title: str = "") -> None
         w = max(1, min(20, len(mean) // 10))
         smooth = moving_average(mean, w)
         axes[0].plot(its, smooth, color="tab:blue", lw=2, label=f"moving average ({w})")
-        axes[0].legend(loc="lower right", fontsize=8)
+        for tag, (x, y) in tag_series(history).items():  # which skills move (GenEval-tagged prompts)
+            axes[0].plot(x, moving_average(y, max(w, 10)), lw=1, ls="--", label=tag)
+        axes[0].legend(loc="lower right", fontsize=7, ncol=2)
         axes[0].set_ylabel("reward")
     elif history and "token_accuracy" in history[0]:
         axes[0].plot(its, [r["token_accuracy"] for r in history], color="tab:blue")

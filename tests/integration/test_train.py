@@ -50,6 +50,8 @@ def test_every_parameter_changes_and_loss_is_finite(tmp_path, tiny_shapes_dir, a
     assert len(rows) == 3
     assert all(math.isfinite(r["loss"]) for r in rows)
     assert any(r["kept"] > 0 for r in rows)
+    tags = {"single_object", "two_object", "counting", "colors", "position", "color_attr"}
+    assert all(r["reward_by_tag"] and set(r["reward_by_tag"]) <= tags for r in rows)
     unchanged = [k for k, v in trainer.policy.named_parameters() if torch.equal(v, before[k])]
     assert unchanged == []
     run = tmp_path / "run"

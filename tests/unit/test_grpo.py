@@ -157,3 +157,11 @@ def test_mask_grpo_remask_term_is_a_real_function_of_the_threshold(toy):
     stayed = nxt == m
     mass = (lp_all.exp() * (lp_all < -2.2)).sum(-1).clamp_min(1e-12).log()
     torch.testing.assert_close(lo.logp - base.logp, (mass * stayed).sum(1).detach())
+
+
+def test_reward_by_tag_averages_valid_rewards_per_tag():
+    from maskfocus_cli.engine.trainer import reward_by_tag
+    rewards = torch.tensor([1.0, 0.0, 0.5, 7.0, 0.25])
+    valid = torch.tensor([True, True, True, False, True])
+    metas = [{"tag": "counting"}, {"tag": "counting"}, {"tag": "position"}, {"tag": "position"}, None]
+    assert reward_by_tag(rewards, valid, metas) == {"counting": 0.5, "position": 0.5}

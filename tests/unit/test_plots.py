@@ -2,7 +2,7 @@
 
 import pytest
 
-from maskfocus_cli.io.plots import compare_reward_curves, moving_average, reward_curve
+from maskfocus_cli.io.plots import compare_reward_curves, moving_average, reward_curve, tag_series
 
 
 def test_moving_average_by_hand():
@@ -17,8 +17,15 @@ def _history(n, slope):
              "time": {"total": 4.0}} for i in range(n)]
 
 
+def test_tag_series_skips_iterations_without_the_tag():
+    rows = [{"iteration": 0, "reward_by_tag": {"counting": 0.25, "position": 0.5}},
+            {"iteration": 1, "reward_by_tag": {"counting": 0.75}}, {"iteration": 2}]
+    assert tag_series(rows) == {"counting": ([0, 1], [0.25, 0.75]), "position": ([0], [0.5])}
+
+
 def test_figures_are_png(tmp_path):
     compare_reward_curves({"maskfocus": _history(30, 0.01), "mask-grpo": _history(20, 0.0)}, tmp_path / "c.png")
-    reward_curve(_history(10, 0.02), tmp_path / "r.png")
+    tagged = [dict(r, reward_by_tag={"counting": 0.1 * (i % 3)}) for i, r in enumerate(_history(10, 0.02))]
+    reward_curve(tagged, tmp_path / "r.png")
     for name in ("c.png", "r.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
