@@ -131,7 +131,9 @@ class MaskedT2IAdapter(ABC):
         """Run ``net`` (the transformer, its wrapped version, or a reference copy).
 
         tokens: (B, N) long, may contain ``mask_id``. Returns (B, N, K) float logits
-        over the codebook (any extra vocabulary already sliced away).
+        over the codebook (any extra vocabulary already sliced away). The engine reads
+        logits at ``mask_id`` positions only, so an adapter may leave the others
+        unspecified (the built-in model skips computing them).
         """
 
     def logits(self, tokens: torch.Tensor, cond: Cond, step: StepInfo,
