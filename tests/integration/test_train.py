@@ -142,10 +142,13 @@ def test_train_cli_end_to_end(tmp_path, tiny_shapes_dir):
     ("model.spec=meissonic", "meissonic:PATH"),
     ("critical.k=9", "critical.k"),
     ("train.nope=1", "unknown key"),
+    ("train.rollout_dtype=fp16", "not one of fp32, bf16"),
+    ("train.lora_rank=2 train.rollout_dtype=bf16", "needs full fine-tuning"),
 ])
 def test_train_bad_input(tmp_path, tiny_shapes_dir, override, message):
     p = recipe_file(tmp_path, tiny_shapes_dir)
-    res = CliRunner().invoke(main, ["train", str(p), "--set", override])
+    sets = [a for o in override.split() for a in ("--set", o)]
+    res = CliRunner().invoke(main, ["train", str(p), *sets])
     assert res.exit_code == 2
     assert message in res.output and "Traceback" not in res.output
     assert len(res.output.strip().splitlines()) == 1
