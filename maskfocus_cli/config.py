@@ -82,6 +82,7 @@ class DataConfig:
                        "a GenEval-style .jsonl")
     eval_prompts: str = opt("shapes:heldout", "prompts for periodic sample grids / evaluation")
     num_eval_prompts: int = opt(8, "how many eval prompts go into the periodic sample grid", min=0)
+    num_validation_prompts: int = opt(48, "eval prompts (× 4 images) behind output.validate_every's reward", min=1)
 
 
 @dataclass(frozen=True)
@@ -124,6 +125,8 @@ class OutputConfig:
     checkpoint_every: int = opt(10, "iterations between checkpoints", min=1)
     keep_last: int = opt(3, "checkpoints kept (older ones are deleted)", min=1)
     sample_every: int = opt(0, "iterations between eval sample grids (0 = only at the end)", min=0)
+    validate_every: int = opt(0, "iterations between a validation reward: eval prompts sampled with the standard "
+                              "step (no routing, as `evaluate` samples), scored by the rewards; 0 = off", min=0)
 
 
 @dataclass(frozen=True)

@@ -293,6 +293,9 @@ class Trainer:
                 break
             it = self.state.iteration
             row = self.pretrain_iteration(it) if self.cfg.algorithm == "pretrain" else self.rl_iteration(it)
+            ve = self.recipe.output.validate_every
+            if ve and self.cfg.algorithm != "pretrain" and (it + 1) % ve == 0:
+                row["validation"] = self.validation_reward()
             row["iteration"] = it
             row["lr"] = self.scheduler.get_last_lr()[0]
             self.scheduler.step()
@@ -533,6 +536,33 @@ class Trainer:
 
     # ------------------------------------------------------------------ evaluation grids
     @torch.no_grad()
+    def validation_reward(self) -> dict:
+        """Reward of the standard sampler on fixed eval prompts (4 fixed seeds each).
+
+        The rollout reward is measured on routed samples, and a run can raise it by
+        making exploratory samples less broken while what ``evaluate`` samples gets no
+        better; this is the curve to watch. Uses no training RNG, so resume stays exact.
+        """
+        from maskfocus_cli.engine.data import load_prompt_source
+        rows = load_prompt_source(self.recipe.data.eval_prompts)[:self.recipe.data.num_validation_prompts]
+        prompts = [p for p, _ in rows for _ in range(4)]
+        metas = [m for _, m in rows for _ in range(4)]
+        seeds = [derive_seed(self.cfg.seed, "validation", i) for i in range(len(prompts))]
+        was = self.policy.training
+        self.policy.eval()
+        totals, valids = [], []
+        step = max(1, self.cfg.micro_batch)
+        for lo in range(0, len(prompts), step):
+            p, m = prompts[lo:lo + step], metas[lo:lo + step]
+            res = sample(self.adapter, self.encoder(p), self.encoder([""] * len(p)), seeds[lo:lo + step],
+                         self.eval_settings, net=self.policy)
+            out = self.reward(self.adapter.decode(res.tokens), p, m)
+            totals.append(out.total.float().cpu())
+            valids.append(out.valid.bool().cpu())
+        self.policy.train(was)
+        total, valid = torch.cat(totals), torch.cat(valids)
+        return {"reward": _mean_std(total[valid]), "by_tag": reward_by_tag(total, valid, metas)}
+
     def sample_grid(self, name: str) -> Path | None:
         """Fixed eval prompts × 4 seeds → OUT/samples/NAME.png (main process)."""
         if not self.acc.is_main_process or self.recipe.data.num_eval_prompts == 0:

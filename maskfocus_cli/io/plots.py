@@ -53,6 +53,9 @@ def reward_curve(history: list[dict], path: str | Path, title: str = "") -> None
         axes[0].plot(its, smooth, color="tab:blue", lw=2, label=f"moving average ({w})")
         for tag, (x, y) in tag_series(history).items():  # which skills move (GenEval-tagged prompts)
             axes[0].plot(x, moving_average(y, max(w, 10)), lw=1, ls="--", label=tag)
+        val = [(r["iteration"], r["validation"]["reward"]["mean"]) for r in history if "validation" in r]
+        if val:  # the standard sampler on fixed eval prompts: what `evaluate` would see
+            axes[0].plot(*zip(*val), color="black", marker="o", ms=3, lw=1.5, label="validation (no routing)")
         axes[0].legend(loc="lower right", fontsize=7, ncol=2)
         axes[0].set_ylabel("reward")
     elif history and "token_accuracy" in history[0]:

@@ -100,6 +100,22 @@ def test_bf16_rollouts_track_the_policy_and_resume_exactly(tmp_path, tiny_shapes
     assert fp32.rollout_net is fp32.policy
 
 
+def test_validation_reward_is_logged_and_resume_stays_exact(tmp_path, tiny_shapes_dir):
+    sets = ["output.validate_every=2", "data.num_validation_prompts=3"]
+    full = Trainer(load_recipe(recipe_file(tmp_path, tiny_shapes_dir, out="full"), sets))
+    before = full.validation_reward()
+    assert before == full.validation_reward()  # fixed prompts and seeds: a deterministic measurement
+    rows = full.run()
+    assert [("validation" in r) for r in rows] == [False, True, False]
+    v = rows[1]["validation"]
+    assert math.isfinite(v["reward"]["mean"]) and set(v["by_tag"]) <= {"single_object", "two_object", "counting",
+                                                                        "colors", "position", "color_attr"}
+    part = Trainer(load_recipe(recipe_file(tmp_path, tiny_shapes_dir, out="part"), sets))
+    part.run(stop_after=2)
+    resumed = Trainer(load_recipe(recipe_file(tmp_path, tiny_shapes_dir, out="part"), sets))
+    assert strip_times(resumed.run(resume="latest")) == strip_times(rows)
+
+
 def test_nan_rewards_are_skipped_and_counted(tmp_path, tiny_shapes_dir, monkeypatch):
     import maskfocus_cli.rewards.registry as registry
 

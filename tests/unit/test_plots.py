@@ -26,6 +26,7 @@ def test_tag_series_skips_iterations_without_the_tag():
 def test_figures_are_png(tmp_path):
     compare_reward_curves({"maskfocus": _history(30, 0.01), "mask-grpo": _history(20, 0.0)}, tmp_path / "c.png")
     tagged = [dict(r, reward_by_tag={"counting": 0.1 * (i % 3)}) for i, r in enumerate(_history(10, 0.02))]
+    tagged[4]["validation"] = {"reward": {"mean": 0.5, "std": 0.1}, "by_tag": {}}
     reward_curve(tagged, tmp_path / "r.png")
     for name in ("c.png", "r.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
