@@ -51,9 +51,15 @@ def train(recipe, overrides, resume, out, explain) -> None:
                   console=stderr, disable=not main) as bar:
         task = bar.add_task(cfg.train.algorithm, total=cfg.train.iterations, info="")
 
+        last_validation = ""
+
         def on_iteration(row: dict) -> None:
+            nonlocal last_validation
+            if "validation" in row:
+                last_validation = f"  validation {row['validation']['reward']['mean']:.3f}"
             if "reward" in row:
-                info = f"reward {row['reward']['mean']:.3f}  loss {row['loss']:+.4f}  steps {row['steps']}"
+                info = f"reward {row['reward']['mean']:.3f}{last_validation}  loss {row['loss']:+.4f}  " \
+                       f"steps {row['steps']}"
             else:
                 info = f"loss {row['loss']:.4f}  acc {row['token_accuracy']:.3f}  " \
                        f"objects {row.get('object_accuracy', float('nan')):.3f}"
