@@ -52,7 +52,7 @@ def reward_curve(history: list[dict], path: str | Path, title: str = "") -> None
         smooth = moving_average(mean, w)
         axes[0].plot(its, smooth, color="tab:blue", lw=2, label=f"moving average ({w})")
         for tag, (x, y) in tag_series(history).items():  # which skills move (GenEval-tagged prompts)
-            axes[0].plot(x, moving_average(y, max(w, 10)), lw=1, ls="--", label=tag)
+            axes[0].plot(x, moving_average(y, max(w, 10)), lw=1, ls="--", label=f"rollout: {tag}")
         val = [(r["iteration"], r["validation"]["reward"]["mean"]) for r in history if "validation" in r]
         if val:  # the standard sampler on fixed eval prompts: what `evaluate` would see
             axes[0].plot(*zip(*val), color="black", marker="o", ms=3, lw=1.5, label="validation (no routing)")
