@@ -188,7 +188,7 @@ class Trainer:
         """Re-cast the fp32 master weights into the rollout copy (after each optimiser step)."""
         if self.rollout_net is self.policy:
             return
-        for dst, src in zip(self.rollout_net.parameters(), self.acc.unwrap_model(self.net).parameters()):
+        for dst, src in zip(self.rollout_net.parameters(), self.policy.parameters()):
             dst.copy_(src)
 
     def _build_reward(self):
@@ -536,6 +536,22 @@ class Trainer:
 
     # ------------------------------------------------------------------ evaluation grids
     @torch.no_grad()
+    def _standard_samples(self, prompts: list[str], seeds: list[int]):
+        """Images of the policy with the standard step (no routing, eval sampler), in micro-batches."""
+        was = self.policy.training
+        self.policy.eval()
+        step = max(1, self.cfg.micro_batch)
+        for lo in range(0, len(prompts), step):
+            p = prompts[lo:lo + step]
+            res = sample(self.adapter, self.encoder(p), self.encoder([""] * len(p)), seeds[lo:lo + step],
+                         self.eval_settings, net=self.policy)
+            yield lo, self.adapter.decode(res.tokens)
+        self.policy.train(was)
+
+    def _eval_rows(self, limit: int) -> list[tuple[str, dict | None]]:
+        from maskfocus_cli.engine.data import load_prompt_source
+        return load_prompt_source(self.recipe.data.eval_prompts)[:limit]
+
     def validation_reward(self) -> dict:
         """Reward of the standard sampler on fixed eval prompts (4 fixed seeds each).
 
@@ -543,23 +559,15 @@ class Trainer:
         making exploratory samples less broken while what ``evaluate`` samples gets no
         better; this is the curve to watch. Uses no training RNG, so resume stays exact.
         """
-        from maskfocus_cli.engine.data import load_prompt_source
-        rows = load_prompt_source(self.recipe.data.eval_prompts)[:self.recipe.data.num_validation_prompts]
+        rows = self._eval_rows(self.recipe.data.num_validation_prompts)
         prompts = [p for p, _ in rows for _ in range(4)]
         metas = [m for _, m in rows for _ in range(4)]
         seeds = [derive_seed(self.cfg.seed, "validation", i) for i in range(len(prompts))]
-        was = self.policy.training
-        self.policy.eval()
         totals, valids = [], []
-        step = max(1, self.cfg.micro_batch)
-        for lo in range(0, len(prompts), step):
-            p, m = prompts[lo:lo + step], metas[lo:lo + step]
-            res = sample(self.adapter, self.encoder(p), self.encoder([""] * len(p)), seeds[lo:lo + step],
-                         self.eval_settings, net=self.policy)
-            out = self.reward(self.adapter.decode(res.tokens), p, m)
+        for lo, images in self._standard_samples(prompts, seeds):
+            out = self.reward(images, prompts[lo:lo + len(images)], metas[lo:lo + len(images)])
             totals.append(out.total.float().cpu())
             valids.append(out.valid.bool().cpu())
-        self.policy.train(was)
         total, valid = torch.cat(totals), torch.cat(valids)
         return {"reward": _mean_std(total[valid]), "by_tag": reward_by_tag(total, valid, metas)}
 
@@ -567,18 +575,13 @@ class Trainer:
         """Fixed eval prompts × 4 seeds → OUT/samples/NAME.png (main process)."""
         if not self.acc.is_main_process or self.recipe.data.num_eval_prompts == 0:
             return None
-        from maskfocus_cli.engine.data import load_prompt_source
         from maskfocus_cli.io.images import contact_sheet, save_png
-        rows = load_prompt_source(self.recipe.data.eval_prompts)[:self.recipe.data.num_eval_prompts]
+        rows = self._eval_rows(self.recipe.data.num_eval_prompts)
         prompts = [p for p, _ in rows for _ in range(4)]
         seeds = [j for _ in rows for j in range(4)]
-        was = self.policy.training
-        self.policy.eval()
-        res = sample(self.adapter, self.encoder(prompts), self.encoder([""] * len(prompts)), seeds,
-                     self.eval_settings, net=self.policy)
-        self.policy.train(was)
+        images = torch.cat([im for _, im in self._standard_samples(prompts, seeds)])
         path = self.run_dir / "samples" / f"{name}.png"
-        save_png(contact_sheet(self.adapter.decode(res.tokens), ncols=4, scale=2), path)
+        save_png(contact_sheet(images, ncols=4, scale=2), path)
         return path
 
 

@@ -109,41 +109,40 @@ class ShapesTransformer(nn.Module):
         masked = tokens == self.cfg.num_codes
         rows = int(masked.sum(1).max())
         if rows in (0, n):
-            return self.head(self.norm(self._block(last, x, attn_bias, queries=x[:, -n:])))
+            return self.head(self.norm(self._block(last, x, attn_bias, pick=lambda t: t[:, -n:])))
         # per row, masked positions first (stable, so the order is the grid's); rows with
         # fewer masks than ``rows`` also score a few known positions, which are dropped
         order = torch.sort((~masked).to(torch.uint8), dim=1, stable=True).indices[:, :rows]
-        picked = x[:, -n:].gather(1, order.unsqueeze(-1).expand(b, rows, x.shape[-1]))
-        out = self.head(self.norm(self._block(last, x, attn_bias, queries=picked)))
-        full = out.new_zeros(b, n, out.shape[-1])
+        index = order.unsqueeze(-1).expand(b, rows, x.shape[-1])
+        out = self.head(self.norm(self._block(last, x, attn_bias, pick=lambda t: t[:, -n:].gather(1, index))))
         keep = masked.gather(1, order).unsqueeze(-1)
-        return full.scatter(1, order.unsqueeze(-1).expand_as(out), out * keep)
+        return out.new_zeros(b, n, out.shape[-1]).scatter(1, order.unsqueeze(-1).expand_as(out), out * keep)
 
     def _block(self, layer: nn.TransformerEncoderLayer, x: torch.Tensor, attn_bias: torch.Tensor,
-               queries: torch.Tensor | None = None) -> torch.Tensor:
+               pick=None) -> torch.Tensor:
         """One pre-norm block over the layer's own parameters, attention through SDPA.
 
         Same weights and maths as ``nn.TransformerEncoderLayer(norm_first=True)``, but its
         inference fast path computes attention as bmm + masked softmax; SDPA's fused CPU
         kernel is faster, and one code path serves sampling and training alike.
-        ``queries``: rows of ``x`` whose outputs are wanted (keys/values stay all of ``x``).
+        ``pick``: (B, L, d) → (B, R, d), the rows whose outputs are wanted (keys and values
+        still come from all of ``x``); None = every row.
         """
         b, length, d = x.shape
         heads, dh = self.cfg.n_heads, d // self.cfg.n_heads
         attn = layer.self_attn
         y = layer.norm1(x)
-        if queries is None:
+        if pick is None:
             qkv = F.linear(y, attn.in_proj_weight, attn.in_proj_bias)
             q, k, v = qkv.view(b, length, 3, heads, dh).permute(2, 0, 3, 1, 4)
-            x_out = x
         else:
             w_q, w_kv = attn.in_proj_weight.split([d, 2 * d])
             b_q, b_kv = attn.in_proj_bias.split([d, 2 * d])
             k, v = F.linear(y, w_kv, b_kv).view(b, length, 2, heads, dh).permute(2, 0, 3, 1, 4)
-            x_out = queries
-            q = F.linear(layer.norm1(queries), w_q, b_q).view(b, -1, heads, dh).transpose(1, 2)
+            q = F.linear(pick(y), w_q, b_q).view(b, -1, heads, dh).transpose(1, 2)
+            x = pick(x)
         a = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias)
-        x = x_out + attn.out_proj(a.transpose(1, 2).reshape(b, x_out.shape[1], d))
+        x = x + attn.out_proj(a.transpose(1, 2).reshape(b, x.shape[1], d))
         return x + layer.linear2(F.gelu(layer.linear1(layer.norm2(x))))
 
 
