@@ -271,6 +271,9 @@ def sample(adapter: MaskedT2IAdapter, cond: Cond, uncond: Cond | None, seeds: Se
     device = adapter.device
     tokens = torch.full((b, n), adapter.mask_id, dtype=torch.long, device=device)
     counts = mask_counts(n, T, settings.schedule)
+    # prompt-only work (e.g. cached text keys/values) once per run, not once per step
+    cond = adapter.prepare_cond(cond, net)
+    uncond = None if uncond is None else adapter.prepare_cond(uncond, net)
     rec: dict[str, list[torch.Tensor]] = {k: [] for k in
                                           ("states", "x0", "newly", "entropy", "logprob",
                                            "threshold", "explore", "temperature")}

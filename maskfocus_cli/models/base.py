@@ -61,6 +61,17 @@ def cond_to(c: Cond, device: torch.device | str) -> Cond:
     return {k: v.to(device) for k, v in c.items()}
 
 
+def unwrap_module(net: nn.Module) -> nn.Module:
+    """The model inside DDP/accelerate (``.module``) and peft (``get_base_model``) wrappers."""
+    while True:
+        if isinstance(getattr(net, "module", None), nn.Module):
+            net = net.module
+        elif hasattr(net, "get_base_model"):
+            net = net.get_base_model()
+        else:
+            return net
+
+
 def apply_guidance(cond_logits: torch.Tensor, uncond_logits: torch.Tensor, scale: float,
                    form: GuidanceForm) -> torch.Tensor:
     """Classifier-free guidance, in the form the model family was trained for.
@@ -123,6 +134,16 @@ class MaskedT2IAdapter(ABC):
         Must raise ``ValueError`` with a readable message for prompts the model
         cannot take (e.g. unknown words for a closed-vocabulary model).
         """
+
+    def prepare_cond(self, cond: Cond, net: nn.Module | None = None) -> Cond:
+        """Add what depends on the prompt alone for a fixed ``net`` (once per sampling run).
+
+        Show-o-style models whose text rows never read the image cache their text
+        keys/values here, so every step runs the image rows only. The result is valid
+        only while ``net``'s weights stay fixed (one sampling run), never across
+        optimiser steps. Default: nothing to add.
+        """
+        return cond
 
     # --- the network -------------------------------------------------------------
     @abstractmethod

@@ -1,9 +1,15 @@
 """The built-in shapes-world model: a small bidirectional masked transformer.
 
 Text is a closed vocabulary (the shapes world's words), embedded and concatenated
-in front of the 8×8 image tokens; one bidirectional transformer reads both and
-predicts a code for every image position. The empty prompt (all padding) is the
-unconditional branch for classifier-free guidance, learnt by prompt dropout.
+in front of the 8×8 image tokens; one transformer reads both and predicts a code
+for every image position. The empty prompt (all padding) is the unconditional
+branch for classifier-free guidance, learnt by prompt dropout.
+
+Attention is Show-o-style (``text_attends_image: false``, the shipped base): image
+rows read text and image, text rows read text only. The text rows then depend on
+the prompt alone, so a sampling run computes their per-layer keys/values once
+(``prepare_cond``) and every step runs the 64 image rows only. Older folders
+without the key are the joint variant (text rows read the image too).
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from maskfocus_cli.models.base import Cond, MaskedT2IAdapter, StepInfo
+from maskfocus_cli.models.base import Cond, MaskedT2IAdapter, StepInfo, unwrap_module
 
 PAD = "<pad>"
 
@@ -33,6 +39,9 @@ class ShapesModelConfig:
     n_layers: int = 4
     n_heads: int = 4
     d_ff: int = 512
+    #: True = joint attention (text rows read the image; folders from before the key);
+    #: False = text rows read text only, so their keys/values are cached per sampling run
+    text_attends_image: bool = True
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -92,41 +101,78 @@ class ShapesTransformer(nn.Module):
         self.norm = nn.LayerNorm(d)
         self.head = nn.Linear(d, cfg.num_codes)
 
-    def forward(self, tokens: torch.Tensor, text_ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, text_ids: torch.Tensor,
+                text_kv: torch.Tensor | None = None) -> torch.Tensor:
+        """``text_kv``: the prompt's per-layer keys/values from ``text_keys_values``
+        (text-reads-text-only models; computed here when not given)."""
         b, n = tokens.shape
-        text_pad = text_ids == 0
-        x = torch.cat([self.text_emb(text_ids) + self.text_pos, self.token_emb(tokens) + self.image_pos], 1)
-        pad = torch.cat([text_pad, torch.zeros(b, n, dtype=torch.bool, device=tokens.device)], 1)
-        # additive key bias (B, 1, 1, L): padded text positions are never attended to
-        attn_bias = torch.zeros(pad.shape, dtype=x.dtype, device=x.device).masked_fill(pad, float("-inf"))
+        img = self.token_emb(tokens) + self.image_pos
+        pad = torch.cat([text_ids == 0, torch.zeros(b, n, dtype=torch.bool, device=tokens.device)], 1)
+        # additive key bias (B, 1, 1, L + N): padded text positions are never attended to
+        attn_bias = torch.zeros(pad.shape, dtype=img.dtype, device=img.device).masked_fill(pad, float("-inf"))
         attn_bias = attn_bias[:, None, None, :]
+        if self.cfg.text_attends_image:
+            if text_kv is not None:
+                raise ValueError("text_kv is only for models whose text rows do not read the image")
+            x = torch.cat([self.text_emb(text_ids) + self.text_pos, img], 1)
+            prefixes: list[torch.Tensor | None] = [None] * self.cfg.n_layers
+        else:
+            x = img
+            prefixes = list((self.text_keys_values(text_ids) if text_kv is None else text_kv).unbind(1))
         *inner, last = self.encoder.layers
-        for layer in inner:
-            x = self._block(layer, x, attn_bias)
+        for layer, prefix in zip(inner, prefixes):
+            x = self._block(layer, x, attn_bias, prefix=prefix)
         # Only [MASK] positions' logits are ever read (sampling, losses, profiling), so the
         # last block computes queries, FFN and head for those rows alone: ~10% of a sampling
         # forward. Known positions' logits are unspecified (0 here; nobody samples them).
         masked = tokens == self.cfg.num_codes
         rows = int(masked.sum(1).max())
         if rows in (0, n):
-            return self.head(self.norm(self._block(last, x, attn_bias, pick=lambda t: t[:, -n:])))
+            return self.head(self.norm(self._block(last, x, attn_bias, pick=lambda t: t[:, -n:],
+                                                   prefix=prefixes[-1])))
         # per row, masked positions first (stable, so the order is the grid's); rows with
         # fewer masks than ``rows`` also score a few known positions, which are dropped
         order = torch.sort((~masked).to(torch.uint8), dim=1, stable=True).indices[:, :rows]
         index = order.unsqueeze(-1).expand(b, rows, x.shape[-1])
-        out = self.head(self.norm(self._block(last, x, attn_bias, pick=lambda t: t[:, -n:].gather(1, index))))
+        out = self.head(self.norm(self._block(last, x, attn_bias, pick=lambda t: t[:, -n:].gather(1, index),
+                                              prefix=prefixes[-1])))
         keep = masked.gather(1, order).unsqueeze(-1)
         return out.new_zeros(b, n, out.shape[-1]).scatter(1, order.unsqueeze(-1).expand_as(out), out * keep)
 
-    def _block(self, layer: nn.TransformerEncoderLayer, x: torch.Tensor, attn_bias: torch.Tensor,
-               pick=None) -> torch.Tensor:
+    def text_keys_values(self, text_ids: torch.Tensor) -> torch.Tensor:
+        """(B, layers, 2, heads, L, d_head): what image rows read of the prompt, per layer.
+
+        Only for ``text_attends_image=False``: the text rows then read text alone (padding
+        included — an empty prompt has nothing else to read), so this depends on the
+        prompt and the weights only and is computed once per sampling run.
+        """
+        x = self.text_emb(text_ids) + self.text_pos
+        kvs: list[torch.Tensor] = []
+        *inner, last = self.encoder.layers
+        for layer in inner:
+            x = self._block(layer, x, None, kv_out=kvs)
+        kvs.append(self._keys_values(last, last.norm1(x)))
+        return torch.stack(kvs, 1)
+
+    def _keys_values(self, layer: nn.TransformerEncoderLayer, y: torch.Tensor) -> torch.Tensor:
+        """(B, 2, heads, L, d_head) keys and values of normed rows ``y``."""
+        b, length, d = y.shape
+        heads = self.cfg.n_heads
+        attn = layer.self_attn
+        w_kv, b_kv = attn.in_proj_weight[d:], attn.in_proj_bias[d:]
+        return F.linear(y, w_kv, b_kv).view(b, length, 2, heads, d // heads).permute(0, 2, 3, 1, 4)
+
+    def _block(self, layer: nn.TransformerEncoderLayer, x: torch.Tensor, attn_bias: torch.Tensor | None,
+               pick=None, prefix: torch.Tensor | None = None, kv_out: list | None = None) -> torch.Tensor:
         """One pre-norm block over the layer's own parameters, attention through SDPA.
 
         Same weights and maths as ``nn.TransformerEncoderLayer(norm_first=True)``, but its
         inference fast path computes attention as bmm + masked softmax; SDPA's fused CPU
         kernel is faster, and one code path serves sampling and training alike.
         ``pick``: (B, L, d) → (B, R, d), the rows whose outputs are wanted (keys and values
-        still come from all of ``x``); None = every row.
+        still come from all of ``x``); None = every row. ``prefix``: (B, 2, heads, P, d_head)
+        keys/values read before ``x``'s own (the cached text). ``kv_out`` collects this
+        block's own keys/values.
         """
         b, length, d = x.shape
         heads, dh = self.cfg.n_heads, d // self.cfg.n_heads
@@ -136,11 +182,14 @@ class ShapesTransformer(nn.Module):
             qkv = F.linear(y, attn.in_proj_weight, attn.in_proj_bias)
             q, k, v = qkv.view(b, length, 3, heads, dh).permute(2, 0, 3, 1, 4)
         else:
-            w_q, w_kv = attn.in_proj_weight.split([d, 2 * d])
-            b_q, b_kv = attn.in_proj_bias.split([d, 2 * d])
-            k, v = F.linear(y, w_kv, b_kv).view(b, length, 2, heads, dh).permute(2, 0, 3, 1, 4)
-            q = F.linear(pick(y), w_q, b_q).view(b, -1, heads, dh).transpose(1, 2)
+            k, v = self._keys_values(layer, y).unbind(1)
+            q = F.linear(pick(y), attn.in_proj_weight[:d], attn.in_proj_bias[:d]).view(b, -1, heads, dh)
+            q = q.transpose(1, 2)
             x = pick(x)
+        if kv_out is not None:
+            kv_out.append(torch.stack([k, v], 1))
+        if prefix is not None:
+            k, v = torch.cat([prefix[:, 0], k], 2), torch.cat([prefix[:, 1], v], 2)
         a = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias)
         x = x + attn.out_proj(a.transpose(1, 2).reshape(b, x.shape[1], d))
         return x + layer.linear2(F.gelu(layer.linear1(layer.norm2(x))))
@@ -192,9 +241,15 @@ class ShapesAdapter(MaskedT2IAdapter):
     def encode_prompts(self, prompts: list[str]) -> Cond:
         return {"text_ids": self.text_ids(list(prompts)).to(self.device)}
 
+    def prepare_cond(self, cond: Cond, net: nn.Module | None = None) -> Cond:
+        core = unwrap_module(self.transformer if net is None else net)
+        if core.cfg.text_attends_image or "text_kv" in cond:
+            return cond
+        return {**cond, "text_kv": core.text_keys_values(cond["text_ids"])}
+
     def call_transformer(self, net: nn.Module, tokens: torch.Tensor, cond: Cond,
                          step: StepInfo) -> torch.Tensor:
-        return net(tokens, cond["text_ids"])
+        return net(tokens, cond["text_ids"], cond.get("text_kv"))
 
     def code_embeddings(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.tokenizer.embed(tokens.cpu()).to(tokens.device)
@@ -229,6 +284,7 @@ def new_shapes_model(tokenizer=None, **overrides) -> ShapesAdapter:
     if tokenizer is None:
         from maskfocus_cli.shapes.tokenizer import fit_default
         tokenizer = fit_default()
+    overrides.setdefault("text_attends_image", False)  # new models: cached text keys/values
     cfg = ShapesModelConfig(vocabulary=tuple(world.vocabulary()), num_codes=int(tokenizer.num_codes),
                             **overrides)
     return ShapesAdapter(ShapesTransformer(cfg), tokenizer)
