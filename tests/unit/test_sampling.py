@@ -147,3 +147,48 @@ def test_cfg_is_one_batched_forward(toy):
     sample(toy, toy.encode_prompts(["a", "b"]), toy.encode_prompts(["", ""]), [0, 1],
            SamplerSettings(steps=3, guidance_scale=3.0))
     assert calls == [4, 4, 4]
+
+
+def test_unwrap_module_sees_through_ddp_and_peft_style_wrappers():
+    from torch import nn
+
+    from maskfocus_cli.models.base import unwrap_module
+    core = nn.Linear(2, 2)
+
+    class DDPLike(nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.module = m
+
+    class PeftLike(nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.inner = m
+
+        def get_base_model(self):
+            return self.inner
+
+    assert unwrap_module(core) is core
+    assert unwrap_module(DDPLike(PeftLike(core))) is core
+    assert unwrap_module(PeftLike(DDPLike(core))) is core
+
+
+def test_sampling_runs_prompt_only_work_once(toy):
+    """``prepare_cond`` runs once per run for cond and uncond (not per step), and every
+    forward sees what it added."""
+    from maskfocus_cli.engine.sampling import sample
+    prepared, seen = [], []
+    call = toy.call_transformer
+
+    def prepare(cond, net=None):
+        prepared.append(net)
+        return {**cond, "extra": cond["ids"] * 0}
+
+    def forward(net, tokens, cond, step):
+        seen.append("extra" in cond)
+        return call(net, tokens, {"ids": cond["ids"]}, step)
+
+    toy.prepare_cond, toy.call_transformer = prepare, forward
+    sample(toy, toy.encode_prompts(["a", "b"]), toy.encode_prompts(["", ""]), [1, 2],
+           SamplerSettings(steps=6, guidance_scale=3.0))
+    assert len(prepared) == 2 and len(seen) == 6 and all(seen)
