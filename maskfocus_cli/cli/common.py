@@ -22,7 +22,8 @@ stderr = Console(stderr=True)
 def model_options(f: Callable) -> Callable:
     """--model / --checkpoint / --device / --dtype."""
     f = click.option("--dtype", default="fp32", show_default=True, type=click.Choice(["fp32", "bf16", "fp16"]),
-                     help="Weights dtype.")(f)
+                     help="Weights dtype. bf16 samples ~1.8x faster on CPUs with AVX-512 BF16 or AMX "
+                          "(and on GPUs); images then differ slightly from fp32 ones.")(f)
     f = click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N.")(f)
     f = click.option("--checkpoint", default=None, metavar="PATH",
                      help="Training checkpoint folder (runs/X/checkpoints/step-N) whose weights to use.")(f)
