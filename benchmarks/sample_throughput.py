@@ -54,6 +54,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3,
                     help="interleaved rounds; each figure is its best round (shared machines are noisy)")
     args = ap.parse_args()
+    if args.rounds < 1:
+        ap.error("--rounds must be at least 1")
     adapter = load_model(args.model, device="cpu")
     adapter_bf16 = load_model(args.model, device="cpu", dtype="bf16")
     settings = SamplerSettings(steps=args.steps, guidance_scale=args.cfg)

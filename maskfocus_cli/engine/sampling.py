@@ -19,7 +19,7 @@ from typing import Callable, Literal, Protocol, Sequence
 import torch
 from torch import nn
 
-from maskfocus_cli.models.base import Cond, MaskedT2IAdapter, StepInfo, index_cond
+from maskfocus_cli.models.base import Cond, MaskedT2IAdapter, StepInfo, guidance_active, index_cond
 
 Schedule = Literal["cosine", "linear"]
 
@@ -273,7 +273,8 @@ def sample(adapter: MaskedT2IAdapter, cond: Cond, uncond: Cond | None, seeds: Se
     counts = mask_counts(n, T, settings.schedule)
     # prompt-only work (e.g. cached text keys/values) once per run, not once per step
     cond = adapter.prepare_cond(cond, net)
-    uncond = None if uncond is None else adapter.prepare_cond(uncond, net)
+    if uncond is not None and guidance_active(settings.guidance_scale, adapter.guidance_form):
+        uncond = adapter.prepare_cond(uncond, net)
     rec: dict[str, list[torch.Tensor]] = {k: [] for k in
                                           ("states", "x0", "newly", "entropy", "logprob",
                                            "threshold", "explore", "temperature")}

@@ -235,6 +235,7 @@ class Trainer:
     def load_checkpoint(self, path: Path) -> None:
         from maskfocus_cli.io.checkpoint import load_weights
         info = read_json(path / "trainer.json")
+        self.adapter.check_checkpoint(path)
         if self.lora:
             from peft import set_peft_model_state_dict
             from maskfocus_cli.io.checkpoint import read_weights

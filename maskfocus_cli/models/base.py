@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -66,7 +67,7 @@ def unwrap_module(net: nn.Module) -> nn.Module:
     while True:
         if isinstance(getattr(net, "module", None), nn.Module):
             net = net.module
-        elif hasattr(net, "get_base_model"):
+        elif hasattr(net, "get_base_model") and net.get_base_model() is not net:
             net = net.get_base_model()
         else:
             return net
@@ -144,6 +145,10 @@ class MaskedT2IAdapter(ABC):
         optimiser steps. Default: nothing to add.
         """
         return cond
+
+    def check_checkpoint(self, folder: Path) -> None:
+        """Raise ``ValueError`` if the checkpoint folder's weights belong to another variant of
+        this model that would load silently (same names and shapes). Default: nothing to check."""
 
     # --- the network -------------------------------------------------------------
     @abstractmethod

@@ -71,7 +71,10 @@ def load_model(spec: str = "shapes", checkpoint: str | Path | None = None, devic
             raise ValueError(f"--model {family}: this family is not supported in this version") from None
         adapter = mod.load(path, device=str(dev), dtype=DTYPES[dtype])
     if checkpoint is not None:
-        load_weights(adapter.transformer, checkpoint_weights(checkpoint))
+        weights = checkpoint_weights(checkpoint)
+        if Path(checkpoint).is_dir():
+            adapter.check_checkpoint(Path(checkpoint))
+        load_weights(adapter.transformer, weights)
     nn.Module.to(adapter.transformer, dev, DTYPES[dtype])  # plain Module.to: no diffusers fp32-keep warning
     adapter.transformer.eval()
     adapter.transformer.requires_grad_(False)

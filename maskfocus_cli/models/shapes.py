@@ -188,8 +188,8 @@ class ShapesTransformer(nn.Module):
             x = pick(x)
         if kv_out is not None:
             kv_out.append(torch.stack([k, v], 1))
-        if prefix is not None:
-            k, v = torch.cat([prefix[:, 0], k], 2), torch.cat([prefix[:, 1], v], 2)
+        if prefix is not None:  # (cast: a cache made outside an autocast region)
+            k, v = torch.cat([prefix[:, 0].to(k.dtype), k], 2), torch.cat([prefix[:, 1].to(v.dtype), v], 2)
         a = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias)
         x = x + attn.out_proj(a.transpose(1, 2).reshape(b, x.shape[1], d))
         return x + layer.linear2(F.gelu(layer.linear1(layer.norm2(x))))
@@ -243,13 +243,34 @@ class ShapesAdapter(MaskedT2IAdapter):
 
     def prepare_cond(self, cond: Cond, net: nn.Module | None = None) -> Cond:
         core = unwrap_module(self.transformer if net is None else net)
-        if core.cfg.text_attends_image or "text_kv" in cond:
+        if core.cfg.text_attends_image:
             return cond
         return {**cond, "text_kv": core.text_keys_values(cond["text_ids"])}
 
     def call_transformer(self, net: nn.Module, tokens: torch.Tensor, cond: Cond,
                          step: StepInfo) -> torch.Tensor:
         return net(tokens, cond["text_ids"], cond.get("text_kv"))
+
+    def check_checkpoint(self, folder: Path) -> None:
+        """The attention variant (and head count) is invisible in weight names and shapes, so a
+        checkpoint of another shapes architecture would load silently: compare configs."""
+        from maskfocus_cli.io.checkpoint import read_json
+        path = Path(folder) / "config.json"
+        if not path.is_file():
+            return
+        theirs = read_json(path)
+        theirs.pop("family", None)
+        try:
+            theirs_cfg = ShapesModelConfig.from_json(theirs)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{path} is not a shapes model config ({e})") from None
+        diff = [k for k in ShapesModelConfig.__dataclass_fields__
+                if getattr(theirs_cfg, k) != getattr(self.cfg, k)]
+        if diff:
+            shown = ", ".join(f"{k}: {getattr(theirs_cfg, k)!r} vs {getattr(self.cfg, k)!r}"
+                              for k in diff if k != "vocabulary") or "vocabulary"
+            raise ValueError(f"checkpoint {folder} is of another shapes architecture ({shown}); "
+                             f"load it as a model of its own: --model shapes:{folder}")
 
     def code_embeddings(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.tokenizer.embed(tokens.cpu()).to(tokens.device)

@@ -105,3 +105,37 @@ def test_folders_without_the_attention_key_load_as_joint(tmp_path):
 def test_shipped_base_caches_its_text():
     """The shipped base is the text-reads-text-only variant (its sampling runs image rows only)."""
     assert load_model("shapes", device="cpu").cfg.text_attends_image is False
+
+
+def test_sampling_after_a_weight_change_uses_the_new_weights(tiny_shapes_dir):
+    """Prompt-only work is redone per sampling run: reusing the same cond dicts after an
+    optimiser-like weight change gives what a fresh model with those weights gives."""
+    import copy
+
+    import torch
+    from maskfocus_cli.engine.sampling import SamplerSettings, sample
+    adapter = load_model(f"shapes:{tiny_shapes_dir}", device="cpu")
+    prompts = ["a photo of two squares", "a photo of a red circle"]
+    cond, uncond = adapter.encode_prompts(prompts), adapter.encode_prompts(["", ""])
+    settings = SamplerSettings(steps=6, guidance_scale=3.0)
+    before = sample(adapter, cond, uncond, [3, 4], settings).tokens
+    with torch.no_grad():
+        for p in adapter.transformer.parameters():
+            p.add_(0.5 * torch.randn_like(p))
+    after = sample(adapter, cond, uncond, [3, 4], settings).tokens
+    fresh = copy.deepcopy(adapter)
+    expected = sample(fresh, fresh.encode_prompts(prompts), fresh.encode_prompts(["", ""]), [3, 4], settings).tokens
+    assert torch.equal(after, expected) and not torch.equal(after, before)
+
+
+def test_checkpoint_of_another_attention_variant_is_refused(tmp_path):
+    """A checkpoint made from the previous (joint-attention) base loads into nothing silently."""
+    from maskfocus_cli.models.loading import load_model as load
+    old = _random_model(True)
+    old.save(tmp_path / "step-5")
+    res = CliRunner().invoke(main, ["sample", "a photo of two squares", "--checkpoint", str(tmp_path / "step-5"),
+                                    "--out", str(tmp_path / "OUT")])
+    assert res.exit_code == 2, res.output
+    assert "text_attends_image" in res.output and f"--model shapes:{tmp_path / 'step-5'}" in res.output
+    assert "Traceback" not in res.output
+    assert load(f"shapes:{tmp_path / 'step-5'}", device="cpu").cfg.text_attends_image is True

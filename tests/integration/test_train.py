@@ -152,6 +152,13 @@ def test_train_cli_end_to_end(tmp_path, tiny_shapes_dir):
     assert res.exit_code == 0, res.output
     assert len((tmp_path / "cli" / "metrics.jsonl").read_text().splitlines()) == 2
 
+    # a checkpoint whose config names another attention variant is refused, not loaded silently
+    ckpt = sorted((tmp_path / "cli" / "checkpoints").iterdir())[-1]
+    cfg = json.loads((ckpt / "config.json").read_text())
+    (ckpt / "config.json").write_text(json.dumps({**cfg, "text_attends_image": True}))
+    res = CliRunner().invoke(main, ["train", str(p), "--set", "train.iterations=3", "--resume", "latest"])
+    assert res.exit_code == 2 and "another shapes architecture" in res.output, res.output
+
 
 @pytest.mark.parametrize("override, message", [
     ("train.group_size=1", "group_size"),

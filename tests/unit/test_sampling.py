@@ -1,5 +1,6 @@
 """The step maths of DESIGN §3.1 against hand-computed values."""
 
+import copy
 import math
 
 import pytest
@@ -189,6 +190,11 @@ def test_sampling_runs_prompt_only_work_once(toy):
         return call(net, tokens, {"ids": cond["ids"]}, step)
 
     toy.prepare_cond, toy.call_transformer = prepare, forward
-    sample(toy, toy.encode_prompts(["a", "b"]), toy.encode_prompts(["", ""]), [1, 2],
-           SamplerSettings(steps=6, guidance_scale=3.0))
-    assert len(prepared) == 2 and len(seen) == 6 and all(seen)
+    cond, uncond = toy.encode_prompts(["a", "b"]), toy.encode_prompts(["", ""])
+    other = copy.deepcopy(toy.transformer)
+    sample(toy, cond, uncond, [1, 2], SamplerSettings(steps=6, guidance_scale=3.0), net=other)
+    assert prepared == [other, other] and len(seen) == 6 and all(seen)
+    assert set(cond) == set(uncond) == {"ids"}  # the caller's dicts are left alone
+    prepared.clear()
+    sample(toy, cond, uncond, [1, 2], SamplerSettings(steps=6, guidance_scale=1.0))
+    assert prepared == [None]  # no guidance: the unconditional branch is never run, nor prepared
