@@ -254,16 +254,9 @@ class ShapesAdapter(MaskedT2IAdapter):
     def check_checkpoint(self, folder: Path) -> None:
         """The attention variant (and head count) is invisible in weight names and shapes, so a
         checkpoint of another shapes architecture would load silently: compare configs."""
-        from maskfocus_cli.io.checkpoint import read_json
-        path = Path(folder) / "config.json"
-        if not path.is_file():
+        if not (Path(folder) / "config.json").is_file():
             return
-        theirs = read_json(path)
-        theirs.pop("family", None)
-        try:
-            theirs_cfg = ShapesModelConfig.from_json(theirs)
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"{path} is not a shapes model config ({e})") from None
+        theirs_cfg = read_shapes_config(folder)
         diff = [k for k in ShapesModelConfig.__dataclass_fields__
                 if getattr(theirs_cfg, k) != getattr(self.cfg, k)]
         if diff:
@@ -311,9 +304,23 @@ def new_shapes_model(tokenizer=None, **overrides) -> ShapesAdapter:
     return ShapesAdapter(ShapesTransformer(cfg), tokenizer)
 
 
+def read_shapes_config(folder: str | Path) -> ShapesModelConfig:
+    """A model or checkpoint folder's config.json → its architecture (other families refused)."""
+    from maskfocus_cli.io.checkpoint import read_json
+    folder = Path(folder)
+    cfg_json = read_json(folder / "config.json")
+    family = cfg_json.pop("family", "shapes")
+    if family != "shapes":
+        raise ValueError(f"{folder} holds a {family!r} model, not a shapes model (use --model {family}:{folder})")
+    try:
+        return ShapesModelConfig.from_json(cfg_json)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{folder / 'config.json'} is not a shapes model config ({e})") from None
+
+
 def load_shapes_model(folder: str | Path | None = None) -> ShapesAdapter:
     """Load a shapes model folder (default: the shipped base)."""
-    from maskfocus_cli.io.checkpoint import load_weights, read_json
+    from maskfocus_cli.io.checkpoint import load_weights
     from maskfocus_cli.shapes.tokenizer import ShapesTokenizer
     folder = Path(folder) if folder is not None else builtin_model_dir()
     needed = ["config.json", "model.safetensors", "tokenizer.safetensors"]
@@ -321,12 +328,7 @@ def load_shapes_model(folder: str | Path | None = None) -> ShapesAdapter:
     if missing:
         raise ValueError(f"{folder} is not a shapes model folder: missing {', '.join(missing)} "
                          f"(expected {', '.join(needed)}; make one with `maskfocus export`)")
-    cfg_json = read_json(folder / "config.json")
-    family = cfg_json.pop("family", "shapes")
-    if family != "shapes":
-        raise ValueError(f"{folder} holds a {family!r} model, not a shapes model (use --model {family}:{folder})")
-    cfg = ShapesModelConfig.from_json(cfg_json)
-    model = ShapesTransformer(cfg)
+    model = ShapesTransformer(read_shapes_config(folder))
     load_weights(model, folder / "model.safetensors")
     model.eval()
     tok = ShapesTokenizer.load(folder / "tokenizer.safetensors")
