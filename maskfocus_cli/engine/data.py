@@ -40,3 +40,28 @@ def load_prompt_source(source: str) -> list[tuple[str, dict | None]]:
     if not rows:
         raise ValueError(f"{source} holds no prompts")
     return rows
+
+
+def prompt_weights(rows: list[tuple[str, dict | None]], tag_weights: dict,
+                   source: str = "the prompt source") -> list[float] | None:
+    """Per-prompt draw weights from ``data.tag_weights`` (None = uniform, the default).
+
+    A curriculum knob: spend rollouts on the skills that are still failing (an image of a
+    prompt the model already always gets right is a zero-variance group, i.e. no signal).
+    Tags not named weigh 1; naming a tag the source does not have is an error, so a
+    typo cannot silently leave the mix uniform.
+    """
+    if not tag_weights:
+        return None
+    present = {(m or {}).get("tag") for _, m in rows} - {None}
+    unknown = sorted(set(tag_weights) - present)
+    if unknown:
+        raise ValueError(f"data.tag_weights names tag(s) {unknown} that {source} does not have "
+                         f"(its tags: {sorted(present) or 'none'})")
+    for tag, w in tag_weights.items():
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not w >= 0 or w == float("inf"):
+            raise ValueError(f"data.tag_weights.{tag} = {w!r}: give a finite number >= 0")
+    weights = [float(tag_weights.get((m or {}).get("tag"), 1.0)) for _, m in rows]
+    if not any(weights):
+        raise ValueError("data.tag_weights gives every training prompt weight 0: leave at least one tag above 0")
+    return weights

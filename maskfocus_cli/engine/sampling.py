@@ -253,6 +253,24 @@ class PromptEncoder:
         return {k: torch.cat([r[k] for r in rows]) for k in rows[0]}
 
 
+def distinct_rows(conds: Sequence[Cond | None]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(first, inverse): the first row of each distinct conditioning, and each row's group,
+    so that ``rows[first][inverse]`` rebuilds every row. Rows are compared bit for bit
+    over all tensors of all given conds (e.g. cond and uncond together)."""
+    parts = []
+    for c in conds:
+        for v in (c or {}).values():
+            parts.append(v.detach().cpu().contiguous().view(torch.uint8).reshape(v.shape[0], -1))
+    inverse = torch.unique(torch.cat(parts, 1), dim=0, return_inverse=True)[1]
+    first = torch.full((int(inverse.max()) + 1,), inverse.numel(), dtype=torch.long)
+    first = first.scatter_reduce(0, inverse, torch.arange(inverse.numel()), reduce="amin")
+    # keep the distinct rows in batch order
+    order = torch.argsort(first)
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(order.numel())
+    return first[order], rank[inverse]
+
+
 def make_generators(seeds: Sequence[int]) -> list[torch.Generator]:
     return [torch.Generator().manual_seed(int(s)) for s in seeds]
 
@@ -271,16 +289,25 @@ def sample(adapter: MaskedT2IAdapter, cond: Cond, uncond: Cond | None, seeds: Se
     device = adapter.device
     tokens = torch.full((b, n), adapter.mask_id, dtype=torch.long, device=device)
     counts = mask_counts(n, T, settings.schedule)
+    guided = uncond is not None and guidance_active(settings.guidance_scale, adapter.guidance_form)
+    first, inverse = distinct_rows([cond, uncond] if guided else [cond])
     # prompt-only work (e.g. cached text keys/values) once per run, not once per step
     cond = adapter.prepare_cond(cond, net)
-    if uncond is not None and guidance_active(settings.guidance_scale, adapter.guidance_form):
+    if guided:
         uncond = adapter.prepare_cond(uncond, net)
     rec: dict[str, list[torch.Tensor]] = {k: [] for k in
                                           ("states", "x0", "newly", "entropy", "logprob",
                                            "threshold", "explore", "temperature")}
     for t in range(T):
         info = step_info(t, T, n, counts)
-        logits = adapter.logits(tokens, cond, info, uncond, settings.guidance_scale, net=net)
+        if t == 0 and len(first) < b:
+            # all-[MASK] input: rows with the same conditioning have the same logits, so
+            # score each distinct prompt once (a GRPO group of G is one row, not G)
+            logits = adapter.logits(tokens[first], index_cond(cond, first), info,
+                                    None if uncond is None else index_cond(uncond, first),
+                                    settings.guidance_scale, net=net)[inverse]
+        else:
+            logits = adapter.logits(tokens, cond, info, uncond, settings.guidance_scale, net=net)
         out = denoise_step(logits, tokens, adapter.mask_id, counts[t + 1],
                            adapter.gumbel_temperature(t, T, settings.gumbel_temperature),
                            draw_noise(gens, n), settings.logit_temperature, router)

@@ -30,6 +30,7 @@ from torch import nn
 
 from maskfocus_cli.config import Recipe, to_dict
 from maskfocus_cli.engine.critical import make_embedder, make_selector, select_steps, trajectory_gain
+from maskfocus_cli.engine.data import load_prompt_source, prompt_weights
 from maskfocus_cli.engine.grpo import group_advantages, mask_grpo_step_loss, maskfocus_step_loss, random_remask
 from maskfocus_cli.engine.routing import make_router
 from maskfocus_cli.engine.sampling import (PromptEncoder, SamplerSettings, Trajectory, make_generators, sample,
@@ -136,8 +137,8 @@ class Trainer:
         self.encoder = PromptEncoder(self.adapter)
         self.state = RunState()
         if self.cfg.algorithm != "pretrain":
-            from maskfocus_cli.engine.data import load_prompt_source
             self.prompts = load_prompt_source(recipe.data.prompts)
+            self.prompt_weights = prompt_weights(self.prompts, recipe.data.tag_weights, recipe.data.prompts)
             self.reward = reward_fn or self._build_reward()
             self.router = make_router(recipe.routing.enabled, recipe.routing.scale, recipe.routing.decay,
                                       recipe.routing.floor)
@@ -347,6 +348,8 @@ class Trainer:
     # ------------------------------------------------------------------ RL
     def _iteration_prompts(self, it: int) -> list[tuple[str, dict | None]]:
         rng = random.Random(derive_seed(self.cfg.seed, it, "prompts"))
+        if self.prompt_weights is not None:
+            return rng.choices(self.prompts, weights=self.prompt_weights, k=self.cfg.prompts_per_iter)
         return [self.prompts[rng.randrange(len(self.prompts))] for _ in range(self.cfg.prompts_per_iter)]
 
     def rl_iteration(self, it: int) -> dict:
@@ -550,7 +553,6 @@ class Trainer:
         self.policy.train(was)
 
     def _eval_rows(self, limit: int) -> list[tuple[str, dict | None]]:
-        from maskfocus_cli.engine.data import load_prompt_source
         return load_prompt_source(self.recipe.data.eval_prompts)[:limit]
 
     def validation_reward(self) -> dict:

@@ -237,3 +237,15 @@ def test_reward_server_down_keeps_last_checkpoint(tmp_path, tiny_shapes_dir):
     assert res.exit_code == 2, res.output
     assert "127.0.0.1" in res.output and "Traceback" not in res.output
     assert ckpt.read_bytes() == before
+
+
+def test_tag_weights_steer_the_prompt_draw(tmp_path, tiny_shapes_dir):
+    p = recipe_file(tmp_path, tiny_shapes_dir)
+    zero = {t: 0 for t in ("single_object", "two_object", "colors", "position", "color_attr")}
+    uniform = Trainer(load_recipe(p))
+    weighted = Trainer(load_recipe(p, overrides=[f"data.tag_weights={json.dumps(zero)}"]))
+    drawn = [m["tag"] for it in range(20) for _, m in weighted._iteration_prompts(it)]
+    assert set(drawn) == {"counting"}
+    assert len({m["tag"] for it in range(20) for _, m in uniform._iteration_prompts(it)}) > 1
+    res = CliRunner().invoke(main, ["train", str(p), "--set", "data.tag_weights={countin: 2}"])
+    assert res.exit_code == 2 and "does not have" in res.output and "Traceback" not in res.output, res.output

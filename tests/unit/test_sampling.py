@@ -198,3 +198,30 @@ def test_sampling_runs_prompt_only_work_once(toy):
     prepared.clear()
     sample(toy, cond, uncond, [1, 2], SamplerSettings(steps=6, guidance_scale=1.0))
     assert prepared == [None]  # no guidance: the unconditional branch is never run, nor prepared
+
+
+def test_distinct_rows_by_hand():
+    from maskfocus_cli.engine.sampling import distinct_rows
+    cond = {"ids": torch.tensor([[1, 2], [3, 4], [1, 2], [0, 0]]), "w": torch.tensor([[.5], [.5], [.5], [.5]])}
+    first, inverse = distinct_rows([cond, {"ids": torch.zeros(4, 1, dtype=torch.long)}])
+    assert first.tolist() == [0, 1, 3] and inverse.tolist() == [0, 1, 0, 2]
+    # a row differing in the second cond only (e.g. another negative prompt) is distinct
+    first, inverse = distinct_rows([cond, {"ids": torch.tensor([[0], [0], [7], [0]])}])
+    assert first.tolist() == [0, 1, 2, 3] and inverse.tolist() == [0, 1, 2, 3]
+
+
+def test_first_step_scores_each_distinct_prompt_once(toy):
+    """Step 0 reads all-[MASK] grids, so a group of G images of one prompt is one row there."""
+    calls = []
+    orig = toy.transformer.forward
+
+    def counting(tokens, ids):
+        calls.append(tokens.shape[0])
+        return orig(tokens, ids)
+
+    toy.transformer.forward = counting
+    prompts = ["a", "b", "a", "a"]
+    res = sample(toy, toy.encode_prompts(prompts), toy.encode_prompts([""] * 4), [0, 1, 2, 3],
+                 SamplerSettings(steps=3, guidance_scale=3.0), record=True)
+    assert calls == [4, 8, 8]  # (2 distinct prompts) × (cond, uncond), then every row
+    assert res.trajectory.x0[0, 0].tolist() != res.trajectory.x0[0, 2].tolist()  # own noise per image
