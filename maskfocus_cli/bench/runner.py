@@ -55,7 +55,7 @@ class Generation:
     adapter: MaskedT2IAdapter
     settings: SamplerSettings
     n: int = 4  #: images per prompt
-    seed: int = 0  #: image j of every prompt uses seed + j
+    seed: int = 0  #: image j of a prompt uses seed + j (its k-th repeat: seed + k·n + j)
     batch_size: int = 64  #: images per sampling batch
 
     def __post_init__(self) -> None:

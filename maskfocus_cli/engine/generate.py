@@ -23,9 +23,21 @@ class Job:
 
 
 def make_jobs(prompts: Sequence[str], n: int, seed: int, metas: Sequence[dict | None] | None = None) -> list[Job]:
-    """Image j of every prompt gets seed ``seed + j``: a (prompt, seed) pair fixes the image."""
+    """Image j of a prompt gets seed ``seed + j``: a (prompt, seed) pair fixes the image.
+
+    A prompt listed again (GenEval metadata repeats rows; the shapes bench's tag-balanced
+    rows repeat the few prompts of small tags) continues where its previous listing
+    stopped: its k-th listing uses seeds ``seed + k·n + j``, so repeats add new images
+    instead of copies (a repeated row would otherwise weigh the same images again).
+    """
     metas = metas or [None] * len(prompts)
-    return [Job(i, j, p, seed + j, metas[i]) for i, p in enumerate(prompts) for j in range(n)]
+    seen: dict[str, int] = {}
+    jobs = []
+    for i, p in enumerate(prompts):
+        k = seen.get(p, 0)
+        seen[p] = k + 1
+        jobs += [Job(i, j, p, seed + k * n + j, metas[i]) for j in range(n)]
+    return jobs
 
 
 @dataclass

@@ -52,6 +52,18 @@ def test_same_seed_same_bytes_any_batch_size(tmp_path, tiny_shapes_dir):
     assert outs[1] == outs[16]
 
 
+def test_a_repeated_prompt_gets_new_seeds_not_copies(tmp_path, tiny_shapes_dir):
+    other = "a photo of a circle"
+    res = run("sample", PROMPT, other, PROMPT, "--n", 2, "--seed", 5, "--steps", 3, "--model",
+              f"shapes:{tiny_shapes_dir}", "--out", tmp_path / "rep")
+    assert res.exit_code == 0, res.output
+    rows = lines(res)
+    # k-th listing of a prompt: seeds seed + k·n + j
+    assert [(r["prompt"], r["seed"]) for r in rows] == [(PROMPT, 5), (PROMPT, 6), (other, 5), (other, 6),
+                                                        (PROMPT, 7), (PROMPT, 8)]
+    assert open(rows[0]["path"], "rb").read() != open(rows[4]["path"], "rb").read()
+
+
 def test_geneval_layout_and_routing(tmp_path, tiny_shapes_dir):
     meta = tmp_path / "m.jsonl"
     meta.write_text(json.dumps({"tag": "counting", "include": [{"class": "circle", "count": 2}],
