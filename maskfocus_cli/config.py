@@ -305,6 +305,13 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
+def value_at(obj: Any, key: str) -> Any:
+    """A dotted recipe key's value, e.g. ``value_at(recipe, "train.lr")``."""
+    for part in key.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
 def explain(cls: type = Recipe, prefix: str = "") -> list[tuple[str, str, str]]:
     """(key, default, help) rows for every field, recursively (for ``--explain``)."""
     rows = []

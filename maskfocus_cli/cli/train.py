@@ -14,7 +14,8 @@ from maskfocus_cli.cli.common import emit, stderr
 @click.option("--resume", default=None, metavar="latest|PATH",
               help="Continue from the newest checkpoint of the run folder, or from a checkpoint folder.")
 @click.option("--out", default=None, metavar="DIR", help="Run folder (overrides output.dir).")
-@click.option("--explain", is_flag=True, help="List every recipe field with its default and meaning, then exit.")
+@click.option("--explain", is_flag=True, help="List every recipe field with its default and meaning, then exit; "
+              "with a RECIPE, also the value it resolves to (base: and --set applied).")
 def train(recipe, overrides, resume, out, explain) -> None:
     """Train with a recipe; one JSON line per iteration on stdout, live progress on stderr.
 
@@ -28,9 +29,21 @@ def train(recipe, overrides, resume, out, explain) -> None:
 
     if explain:
         from rich.table import Table
-        table = Table("key", "default", "meaning", title="recipe fields")
-        for key, default, help_ in explain_rows(Recipe):
-            table.add_row(key, default, help_)
+        if recipe is None:
+            table = Table("key", "default", "meaning", title="recipe fields")
+            for key, default, help_ in explain_rows(Recipe):
+                table.add_row(key, default, help_)
+        else:  # what the recipe resolves to (base: inheritance and --set applied), beside the defaults
+            import dataclasses
+
+            from maskfocus_cli.config import value_at
+            cfg = load_recipe(recipe, list(overrides))
+            table = Table("key", str(recipe), "default", "meaning", title="recipe fields (bold: set by the recipe)")
+            for key, default, help_ in explain_rows(Recipe):
+                v = value_at(cfg, key)
+                value = "" if dataclasses.is_dataclass(v) else repr(v)  # a section heading
+                changed = value not in ("", default)
+                table.add_row(key, f"[bold]{value}[/bold]" if changed else value, default, help_)
         stderr.print(table)
         return
     if recipe is None:

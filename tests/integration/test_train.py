@@ -249,3 +249,18 @@ def test_tag_weights_steer_the_prompt_draw(tmp_path, tiny_shapes_dir):
     assert len({m["tag"] for it in range(20) for _, m in uniform._iteration_prompts(it)}) > 1
     res = CliRunner().invoke(main, ["train", str(p), "--set", "data.tag_weights={countin: 2}"])
     assert res.exit_code == 2 and "does not have" in res.output and "Traceback" not in res.output, res.output
+
+
+def test_explain_shows_what_a_recipe_resolves_to(tmp_path, tiny_shapes_dir):
+    p = recipe_file(tmp_path, tiny_shapes_dir)
+    child = tmp_path / "child.yaml"
+    child.write_text(f"base: {p.name}\ntrain: {{lr: 2.5e-4}}\n")
+    res = CliRunner().invoke(main, ["train", str(child), "--explain", "--set", "train.kl_beta=0.125"],
+                             env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    row = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:-1]]
+           for line in res.output.splitlines() if line.count("│") >= 4}
+    assert row["train.lr"][:2] == ["0.00025", "0.0001"]  # this recipe's value, then the default
+    assert row["train.kl_beta"][0] == "0.125" and row["train.group_size"][0] == "4"  # --set and base:
+    res = CliRunner().invoke(main, ["train", "--explain"], env={"COLUMNS": "200"})
+    assert res.exit_code == 0 and "train.lr" in res.output
