@@ -104,6 +104,8 @@ class TrainConfig:
     lr_schedule: str = opt("constant", "after warm-up", choices=("constant", "cosine"))
     grad_clip: float = opt(1.0, "max global grad norm (0 = off)", min=0)
     kl_beta: float = opt(0.01, "β of the k3 KL to the frozen reference (maskfocus estimator)", min=0)
+    kl_max: float = opt(0.0, "cap on each token's k3 KL value (0 = uncapped, the paper's; verl caps at 10): "
+                        "one token the policy stopped sampling can otherwise dominate a clipped update", min=0)
     clip_low: float = opt(0.1, "ε_low of the asymmetric ratio clip", min=0)
     clip_high: float = opt(0.2, "ε_high of the asymmetric ratio clip", min=0)
     reduction_steps: int = opt(0, "mask-grpo: optimise only the first R steps (0 = all T)", min=0)

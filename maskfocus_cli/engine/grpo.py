@@ -66,10 +66,16 @@ def clipped_surrogate(ratio: torch.Tensor, adv: torch.Tensor, clip_low: float, c
     return -torch.minimum(ratio * adv, clipped * adv)
 
 
-def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
-    """Schulman's k3 estimator, exp(ref − logp) − (ref − logp) − 1 ≥ 0, zero iff equal."""
+def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor, max_value: float = 0.0) -> torch.Tensor:
+    """Schulman's k3 estimator, exp(ref − logp) − (ref − logp) − 1 ≥ 0, zero iff equal.
+
+    ``max_value`` > 0 caps each token's value (verl's ``low_var_kl`` caps at 10): k3 is
+    unbounded when the policy drops a sampled token the reference likes, and one such
+    token's gradient then fills the whole clipped update. Capped tokens get no KL gradient.
+    """
     d = ref_logp - logp
-    return torch.exp(d) - d - 1.0
+    kl = torch.exp(d) - d - 1.0
+    return kl.clamp(max=max_value) if max_value > 0 else kl
 
 
 def random_remask(final: torch.Tensor, count: int, generators: list[torch.Generator]) -> torch.Tensor:
@@ -95,7 +101,7 @@ def maskfocus_step_loss(adapter: MaskedT2IAdapter, net: nn.Module, ref_net: nn.M
                         final: torch.Tensor, masked: torch.Tensor, cond: Cond, uncond: Cond | None,
                         step: StepInfo, adv: torch.Tensor, settings: SamplerSettings,
                         old_logp: torch.Tensor | None = None, kl_beta: float = 0.01,
-                        clip_low: float = 0.2, clip_high: float = 0.2) -> StepLoss:
+                        clip_low: float = 0.2, clip_high: float = 0.2, kl_max: float = 0.0) -> StepLoss:
     """MaskFocus estimator for one critical step (official code's formulation)."""
     inp = torch.where(masked, torch.full_like(final, adapter.mask_id), final)
     logp_all = step_log_probs(adapter, inp, cond, uncond, step, settings, net=net)
@@ -110,8 +116,8 @@ def maskfocus_step_loss(adapter: MaskedT2IAdapter, net: nn.Module, ref_net: nn.M
             ref = step_log_probs(adapter, inp, cond, uncond, step, settings, net=ref_net)
             ref = ref.gather(-1, final.unsqueeze(-1)).squeeze(-1)
         kl = k3_kl(logp, ref)
-        per_tok = per_tok + kl_beta * kl
-        kl_sum = float(((kl.detach() * m).sum(1) / m.sum(1).clamp_min(1)).sum())
+        per_tok = per_tok + kl_beta * (kl.clamp(max=kl_max) if kl_max > 0 else kl)
+        kl_sum = float(((kl.detach() * m).sum(1) / m.sum(1).clamp_min(1)).sum())  # logged uncapped
     per_sample = (per_tok * m).sum(1) / m.sum(1).clamp_min(1)
     clipped = ((ratio < 1 - clip_low) | (ratio > 1 + clip_high)) & masked
     return StepLoss(per_sample.sum(), logp.detach(), kl_sum, float(clipped.sum()), float(m.sum()))

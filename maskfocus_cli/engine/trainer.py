@@ -533,7 +533,8 @@ class Trainer:
             final = sub.final[rows]
             masked = random_remask(final, sub.counts[t], gens)
             res = maskfocus_step_loss(self.adapter, self.net, self.reference, final, masked, c, u, info, adv,
-                                      settings, old.get(key), cfg.kl_beta, cfg.clip_low, cfg.clip_high)
+                                      settings, old.get(key), cfg.kl_beta, cfg.clip_low, cfg.clip_high,
+                                      cfg.kl_max)
         if epoch == 0:
             old[key] = res.logp
         return res

@@ -165,3 +165,15 @@ def test_reward_by_tag_averages_valid_rewards_per_tag():
     valid = torch.tensor([True, True, True, False, True])
     metas = [{"tag": "counting"}, {"tag": "counting"}, {"tag": "position"}, {"tag": "position"}, None]
     assert reward_by_tag(rewards, valid, metas) == {"counting": 0.5, "position": 0.5}
+
+
+def test_k3_cap_bounds_the_value_and_zeroes_the_capped_gradient():
+    lp = torch.tensor([-1.0, -30.0], requires_grad=True)
+    ref = torch.tensor([-1.5, -1.0])
+    kl = k3_kl(lp, ref, max_value=10.0)
+    d = -0.5
+    torch.testing.assert_close(kl.detach(), torch.tensor([math.exp(d) - d - 1, 10.0]))
+    kl.sum().backward()
+    # d/dlogp of exp(ref − logp) − (ref − logp) − 1 is 1 − exp(ref − logp); 0 where capped
+    torch.testing.assert_close(lp.grad, torch.tensor([1 - math.exp(d), 0.0]))
+    assert torch.equal(k3_kl(lp, ref), k3_kl(lp, ref, 0.0))  # 0 = uncapped (the paper's)
