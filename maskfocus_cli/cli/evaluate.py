@@ -55,7 +55,8 @@ def _bar_callback(bar, label: str):
 @sampler_options
 @click.option("--n", "n", default=None, type=int,
               help="Images per prompt [default: 4 for geneval/shapes, 10 for t2i-compbench].")
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed of image 0; image j uses seed+j (a repeated prompt continues with new seeds).")
+@click.option("--seed", default=0, show_default=True, type=int,
+              help="Seed of image 0; image j uses seed+j (a repeated prompt continues with new seeds).")
 @click.option("--batch-size", default=64, show_default=True, type=int, help="Images per sampling batch.")
 @click.option("--score-batch-size", default=16, show_default=True, type=int,
               help="Images per scoring batch when reading --images.")

@@ -42,7 +42,8 @@ def profile_table(result, title: str = ""):
 @sampler_options
 @click.option("--n", "n", default=4, show_default=True, type=int,
               help="Images per prompt; they form the batch whose mean gain picks the prompt's steps.")
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed of image 0; image j uses seed+j (a repeated prompt continues with new seeds).")
+@click.option("--seed", default=0, show_default=True, type=int,
+              help="Seed of image 0; image j uses seed+j (a repeated prompt continues with new seeds).")
 @click.option("--batch-size", default=64, show_default=True, type=int, help="Images per forward batch.")
 @click.option("--embed", default="codebook", show_default=True, type=click.Choice(["codebook", "pixels", "clip"]),
               help="Embedding of x̂0 for the step similarity: VQ codebook vectors, decoded pixels, or CLIP.")

@@ -25,7 +25,8 @@ def image_path(out: Path, layout: str, prompt_index: int, image_index: int) -> P
 @model_options
 @sampler_options
 @click.option("--n", "n", default=1, show_default=True, type=int, help="Images per prompt.")
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed of image 0; image j uses seed+j (a repeated prompt continues with new seeds).")
+@click.option("--seed", default=0, show_default=True, type=int,
+              help="Seed of image 0; image j uses seed+j (a repeated prompt continues with new seeds).")
 @click.option("--batch-size", default=64, show_default=True, type=int, help="Images per forward batch.")
 @click.option("--out", "out", default="samples", show_default=True, metavar="DIR", help="Output folder.")
 @click.option("--layout", default="flat", show_default=True, type=click.Choice(["flat", "geneval"]),

@@ -116,7 +116,7 @@ def maskfocus_step_loss(adapter: MaskedT2IAdapter, net: nn.Module, ref_net: nn.M
             ref = step_log_probs(adapter, inp, cond, uncond, step, settings, net=ref_net)
             ref = ref.gather(-1, final.unsqueeze(-1)).squeeze(-1)
         kl = k3_kl(logp, ref)
-        per_tok = per_tok + kl_beta * (kl.clamp(max=kl_max) if kl_max > 0 else kl)
+        per_tok = per_tok + kl_beta * (k3_kl(logp, ref, kl_max) if kl_max > 0 else kl)
         kl_sum = float(((kl.detach() * m).sum(1) / m.sum(1).clamp_min(1)).sum())  # logged uncapped
     per_sample = (per_tok * m).sum(1) / m.sum(1).clamp_min(1)
     clipped = ((ratio < 1 - clip_low) | (ratio > 1 + clip_high)) & masked

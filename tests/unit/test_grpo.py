@@ -177,3 +177,22 @@ def test_k3_cap_bounds_the_value_and_zeroes_the_capped_gradient():
     # d/dlogp of exp(ref − logp) − (ref − logp) − 1 is 1 − exp(ref − logp); 0 where capped
     torch.testing.assert_close(lp.grad, torch.tensor([1 - math.exp(d), 0.0]))
     assert torch.equal(k3_kl(lp, ref), k3_kl(lp, ref, 0.0))  # 0 = uncapped (the paper's)
+
+
+def test_maskfocus_kl_cap_removes_the_kl_gradient_but_logs_the_kl(toy):
+    import copy
+    final, cond, uncond, settings = _setup(toy)
+    masked = torch.ones_like(final, dtype=torch.bool)
+    ref = copy.deepcopy(toy.transformer)
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.add_(0.3)
+    args = (toy, toy.transformer, ref, final, masked, cond, uncond, StepInfo(0, 4, 1.0), torch.tensor([1.0, -1.0]),
+            settings)
+    params = list(toy.transformer.parameters())
+    tiny_cap = maskfocus_step_loss(*args, kl_beta=0.5, kl_max=1e-12)  # every token capped: KL term constant
+    no_kl = maskfocus_step_loss(*args, kl_beta=0.0)
+    uncapped = maskfocus_step_loss(*args, kl_beta=0.5)
+    for a, b in zip(torch.autograd.grad(tiny_cap.loss_sum, params), torch.autograd.grad(no_kl.loss_sum, params)):
+        torch.testing.assert_close(a, b)
+    assert tiny_cap.kl_sum == pytest.approx(uncapped.kl_sum) and uncapped.kl_sum > 0  # logged uncapped
