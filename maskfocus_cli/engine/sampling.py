@@ -254,21 +254,20 @@ class PromptEncoder:
 
 
 def distinct_rows(conds: Sequence[Cond | None]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(first, inverse): the first row of each distinct conditioning, and each row's group,
-    so that ``rows[first][inverse]`` rebuilds every row. Rows are compared bit for bit
-    over all tensors of all given conds (e.g. cond and uncond together)."""
-    parts = []
-    for c in conds:
-        for v in (c or {}).values():
-            parts.append(v.detach().cpu().contiguous().view(torch.uint8).reshape(v.shape[0], -1))
-    inverse = torch.unique(torch.cat(parts, 1), dim=0, return_inverse=True)[1]
-    first = torch.full((int(inverse.max()) + 1,), inverse.numel(), dtype=torch.long)
-    first = first.scatter_reduce(0, inverse, torch.arange(inverse.numel()), reduce="amin")
-    # keep the distinct rows in batch order
-    order = torch.argsort(first)
-    rank = torch.empty_like(order)
-    rank[order] = torch.arange(order.numel())
-    return first[order], rank[inverse]
+    """(first, inverse): the first row of each distinct conditioning, in batch order, and
+    each row's group, so that ``rows[first][inverse]`` rebuilds every row. Rows are
+    compared bit for bit over all tensors of all given conds (e.g. cond and uncond)."""
+    parts = [v.detach().cpu().contiguous().view(torch.uint8).reshape(v.shape[0], -1)
+             for c in conds for v in (c or {}).values()]
+    groups: dict[bytes, int] = {}
+    first: list[int] = []
+    inverse = []
+    for i, row in enumerate(torch.cat(parts, 1).numpy()):  # once per sampling run, B rows
+        g = groups.setdefault(row.tobytes(), len(groups))
+        if g == len(first):
+            first.append(i)
+        inverse.append(g)
+    return torch.tensor(first, dtype=torch.long), torch.tensor(inverse, dtype=torch.long)
 
 
 def make_generators(seeds: Sequence[int]) -> list[torch.Generator]:

@@ -136,8 +136,9 @@ def test_settings_reject_zero_steps():
         SamplerSettings(steps=0)
 
 
-def test_cfg_is_one_batched_forward(toy):
-    calls = []
+def forward_batch_sizes(toy) -> list[int]:
+    """Make ``toy``'s transformer record the batch size of every forward; returns the record."""
+    calls: list[int] = []
     orig = toy.transformer.forward
 
     def counting(tokens, ids):
@@ -145,6 +146,11 @@ def test_cfg_is_one_batched_forward(toy):
         return orig(tokens, ids)
 
     toy.transformer.forward = counting
+    return calls
+
+
+def test_cfg_is_one_batched_forward(toy):
+    calls = forward_batch_sizes(toy)
     sample(toy, toy.encode_prompts(["a", "b"]), toy.encode_prompts(["", ""]), [0, 1],
            SamplerSettings(steps=3, guidance_scale=3.0))
     assert calls == [4, 4, 4]
@@ -212,14 +218,7 @@ def test_distinct_rows_by_hand():
 
 def test_first_step_scores_each_distinct_prompt_once(toy):
     """Step 0 reads all-[MASK] grids, so a group of G images of one prompt is one row there."""
-    calls = []
-    orig = toy.transformer.forward
-
-    def counting(tokens, ids):
-        calls.append(tokens.shape[0])
-        return orig(tokens, ids)
-
-    toy.transformer.forward = counting
+    calls = forward_batch_sizes(toy)
     prompts = ["a", "b", "a", "a"]
     res = sample(toy, toy.encode_prompts(prompts), toy.encode_prompts([""] * 4), [0, 1, 2, 3],
                  SamplerSettings(steps=3, guidance_scale=3.0), record=True)
