@@ -126,6 +126,18 @@ def test_make_metadata_round_robin_deterministic_and_split_pure():
     assert world.make_metadata(24, seed=3)[0]["include"][0]["class"] != "mutated"
 
 
+def test_make_metadata_uses_every_prompt_of_a_tag_before_repeating():
+    held = world.all_prompts("heldout", ["counting"])  # 3 prompts
+    rows = world.make_metadata(3 * len(held) + 1, seed=5, tags=["counting"], split="heldout")
+    counts = {}
+    for r in rows:
+        counts[r["prompt"]] = counts.get(r["prompt"], 0) + 1
+    # three full decks and one card of the fourth: each prompt 3 times, one of them 4 times
+    assert sorted(counts.values()) == [3] * (len(held) - 1) + [4]
+    firsts = [r["prompt"] for r in rows[:len(held)]]
+    assert sorted(firsts) == sorted(r["prompt"] for r in held)
+
+
 @pytest.mark.parametrize("kwargs", [{"split": "test"}, {"tags": ["spatial"]}])
 def test_make_metadata_rejects_bad_arguments(kwargs):
     with pytest.raises(ValueError):
