@@ -106,6 +106,9 @@ class TrainConfig:
     kl_beta: float = opt(0.01, "β of the k3 KL to the frozen reference (maskfocus estimator)", min=0)
     kl_max: float = opt(0.0, "cap on each token's k3 KL value (0 = uncapped, the paper's; verl caps at 10): "
                         "one token the policy stopped sampling can otherwise dominate a clipped update", min=0)
+    kl_estimator: str = opt("k3", "maskfocus KL to the reference: k3 (the paper's, on the image's tokens) | "
+                            "full (exact KL over the codebook at each masked position: no sampling noise, "
+                            "no blow-up on tokens only explored rollouts drew)", choices=("k3", "full"))
     clip_low: float = opt(0.1, "ε_low of the asymmetric ratio clip", min=0)
     clip_high: float = opt(0.2, "ε_high of the asymmetric ratio clip", min=0)
     reduction_steps: int = opt(0, "mask-grpo: optimise only the first R steps (0 = all T)", min=0)

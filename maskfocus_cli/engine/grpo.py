@@ -78,6 +78,16 @@ def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor, max_value: float = 0.0) ->
     return kl.clamp(max=max_value) if max_value > 0 else kl
 
 
+def categorical_kl(logp_all: torch.Tensor, ref_logp_all: torch.Tensor) -> torch.Tensor:
+    """Exact KL(π‖π_ref) over the last (codebook) axis, from full log-prob tables.
+
+    Both tables are already computed for the loss, so this costs one elementwise pass;
+    unlike k3 on the image's tokens it has no sampling noise and cannot blow up on a
+    token the policy stopped sampling (explored rollouts make such tokens common).
+    """
+    return (logp_all.exp() * (logp_all - ref_logp_all)).sum(-1)
+
+
 def random_remask(final: torch.Tensor, count: int, generators: list[torch.Generator]) -> torch.Tensor:
     """(B, N) bool: ``count`` random positions per sample, from each sample's own generator."""
     b, n = final.shape
@@ -101,8 +111,13 @@ def maskfocus_step_loss(adapter: MaskedT2IAdapter, net: nn.Module, ref_net: nn.M
                         final: torch.Tensor, masked: torch.Tensor, cond: Cond, uncond: Cond | None,
                         step: StepInfo, adv: torch.Tensor, settings: SamplerSettings,
                         old_logp: torch.Tensor | None = None, kl_beta: float = 0.01,
-                        clip_low: float = 0.2, clip_high: float = 0.2, kl_max: float = 0.0) -> StepLoss:
-    """MaskFocus estimator for one critical step (official code's formulation)."""
+                        clip_low: float = 0.2, clip_high: float = 0.2, kl_max: float = 0.0,
+                        kl_estimator: str = "k3") -> StepLoss:
+    """MaskFocus estimator for one critical step (official code's formulation).
+
+    ``kl_estimator``: "k3" (the paper's, on the image's tokens, optionally capped at
+    ``kl_max``) or "full" (``categorical_kl`` at every masked position).
+    """
     inp = torch.where(masked, torch.full_like(final, adapter.mask_id), final)
     logp_all = step_log_probs(adapter, inp, cond, uncond, step, settings, net=net)
     logp = logp_all.gather(-1, final.unsqueeze(-1)).squeeze(-1)
@@ -113,10 +128,16 @@ def maskfocus_step_loss(adapter: MaskedT2IAdapter, net: nn.Module, ref_net: nn.M
     kl_sum = 0.0
     if kl_beta > 0 and ref_net is not None:
         with torch.no_grad():
-            ref = step_log_probs(adapter, inp, cond, uncond, step, settings, net=ref_net)
-            ref = ref.gather(-1, final.unsqueeze(-1)).squeeze(-1)
-        kl = k3_kl(logp, ref)
-        per_tok = per_tok + kl_beta * (k3_kl(logp, ref, kl_max) if kl_max > 0 else kl)
+            ref_all = step_log_probs(adapter, inp, cond, uncond, step, settings, net=ref_net)
+        if kl_estimator == "full":
+            kl = categorical_kl(logp_all, ref_all)
+            per_tok = per_tok + kl_beta * kl
+        elif kl_estimator == "k3":
+            ref = ref_all.gather(-1, final.unsqueeze(-1)).squeeze(-1)
+            kl = k3_kl(logp, ref)
+            per_tok = per_tok + kl_beta * (k3_kl(logp, ref, kl_max) if kl_max > 0 else kl)
+        else:
+            raise ValueError(f"unknown kl_estimator {kl_estimator!r}; use 'k3' or 'full'")
         kl_sum = float(((kl.detach() * m).sum(1) / m.sum(1).clamp_min(1)).sum())  # logged uncapped
     per_sample = (per_tok * m).sum(1) / m.sum(1).clamp_min(1)
     clipped = ((ratio < 1 - clip_low) | (ratio > 1 + clip_high)) & masked

@@ -534,7 +534,7 @@ class Trainer:
             masked = random_remask(final, sub.counts[t], gens)
             res = maskfocus_step_loss(self.adapter, self.net, self.reference, final, masked, c, u, info, adv,
                                       settings, old.get(key), cfg.kl_beta, cfg.clip_low, cfg.clip_high,
-                                      cfg.kl_max)
+                                      cfg.kl_max, cfg.kl_estimator)
         if epoch == 0:
             old[key] = res.logp
         return res

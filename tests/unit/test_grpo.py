@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from maskfocus_cli.engine.grpo import (clipped_surrogate, group_advantages, k3_kl, mask_grpo_step_loss,
-                                       maskfocus_step_loss, random_remask)
+from maskfocus_cli.engine.grpo import (categorical_kl, clipped_surrogate, group_advantages, k3_kl,
+                                       mask_grpo_step_loss, maskfocus_step_loss, random_remask)
 from maskfocus_cli.engine.sampling import SamplerSettings, step_log_probs
 from maskfocus_cli.models.base import StepInfo
 
@@ -196,3 +196,41 @@ def test_maskfocus_kl_cap_removes_the_kl_gradient_but_logs_the_kl(toy):
     for a, b in zip(torch.autograd.grad(tiny_cap.loss_sum, params), torch.autograd.grad(no_kl.loss_sum, params)):
         torch.testing.assert_close(a, b)
     assert tiny_cap.kl_sum == pytest.approx(uncapped.kl_sum) and uncapped.kl_sum > 0  # logged uncapped
+
+
+def test_categorical_kl_by_hand_and_its_gradient():
+    p = torch.tensor([0.5, 0.25, 0.25])
+    q = torch.tensor([0.25, 0.25, 0.5])
+    lp = p.log().requires_grad_(True)
+    kl = categorical_kl(lp[None], q.log()[None])
+    # 0.5 ln 2 + 0.25 ln 1 + 0.25 ln 0.5 = 0.25 ln 2
+    torch.testing.assert_close(kl, torch.tensor([0.25 * math.log(2)]))
+    assert categorical_kl(q.log()[None], q.log()[None]).item() == pytest.approx(0.0, abs=1e-7)
+    kl.sum().backward()
+    # d/dlogp_i of Σ e^{logp} (logp − logq) = p_i (logp_i − logq_i + 1)
+    torch.testing.assert_close(lp.grad, p * (p.log() - q.log() + 1))
+
+
+def test_maskfocus_full_kl_is_zero_at_the_reference_and_positive_away(toy):
+    import copy
+    final, cond, uncond, settings = _setup(toy)
+    masked = torch.ones_like(final, dtype=torch.bool)
+    args = (toy, toy.transformer, None, final, masked, cond, uncond, StepInfo(0, 4, 1.0), torch.tensor([1.0, -1.0]),
+            settings)
+    same = maskfocus_step_loss(*args[:2], copy.deepcopy(toy.transformer), *args[3:], kl_beta=0.5,
+                               kl_estimator="full")
+    no_kl = maskfocus_step_loss(*args, kl_beta=0.0)
+    assert same.kl_sum == pytest.approx(0.0, abs=1e-6)
+    torch.testing.assert_close(same.loss_sum, no_kl.loss_sum)
+    ref = copy.deepcopy(toy.transformer)
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.add_(0.3)
+    away = maskfocus_step_loss(*args[:2], ref, *args[3:], kl_beta=0.5, kl_estimator="full")
+    lp = step_log_probs(toy, final.masked_fill(masked, toy.mask_id), cond, uncond, StepInfo(0, 4, 1.0), settings)
+    lr = step_log_probs(toy, final.masked_fill(masked, toy.mask_id), cond, uncond, StepInfo(0, 4, 1.0), settings,
+                        net=ref)
+    want = (lp.exp() * (lp - lr)).sum(-1).mean(1).sum().detach()
+    assert away.kl_sum == pytest.approx(float(want), rel=1e-5) and away.kl_sum > 0
+    with pytest.raises(ValueError, match="kl_estimator"):
+        maskfocus_step_loss(*args[:2], ref, *args[3:], kl_beta=0.5, kl_estimator="k2")
