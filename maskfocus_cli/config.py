@@ -86,6 +86,9 @@ class DataConfig:
     tag_weights: dict = opt(None, "how often training prompts of each GenEval tag are drawn, relative to 1 "
                             "(tags not named, and prompts without a tag, weigh 1); e.g. {single_object: 0.25}",
                             factory=dict)
+    caption_fidelity: dict = opt(None, "pretrain: share of counting / position training scenes that show "
+                                 "their caption's count / relation (the rest show another): the base's "
+                                 "headroom. Unset: engine/pretrain.py's CAPTION_FIDELITY", factory=dict)
 
 
 @dataclass(frozen=True)

@@ -52,13 +52,28 @@ def noisy_scene_meta(meta: dict, rng: random.Random, fidelity: dict[str, float] 
     return {**meta, "include": include}
 
 
+def check_fidelity(fidelity: dict) -> dict[str, float]:
+    """``data.caption_fidelity`` → {tag: share}; only tags ``noisy_scene_meta`` can perturb."""
+    out = {}
+    for tag, share in fidelity.items():
+        if tag not in CAPTION_FIDELITY:
+            raise ValueError(f"data.caption_fidelity names {tag!r}: only "
+                             f"{', '.join(CAPTION_FIDELITY)} captions can be made noisy")
+        if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0.0 <= float(share) <= 1.0:
+            raise ValueError(f"data.caption_fidelity.{tag} = {share!r}: give a share between 0 and 1")
+        out[tag] = float(share)
+    return {**CAPTION_FIDELITY, **out}
+
+
 class SceneStream:
     """Deterministic stream of (prompt, token grid) pairs for iteration ``it``."""
 
-    def __init__(self, adapter: ShapesAdapter, seed: int, tag_mix: dict[str, float] | None = None) -> None:
+    def __init__(self, adapter: ShapesAdapter, seed: int, tag_mix: dict[str, float] | None = None,
+                 fidelity: dict[str, float] | None = None) -> None:
         from maskfocus_cli.shapes import world
         self.adapter = adapter
         self.seed = seed
+        self.fidelity = check_fidelity(fidelity or {})
         mix = tag_mix or TAG_MIX
         self.rows = {t: world.all_prompts("train", [t]) for t in mix}
         self.tags = list(mix)
@@ -72,7 +87,7 @@ class SceneStream:
         for _ in range(size):
             tag = rng.choices(self.tags, self.weights)[0]
             meta = rng.choice(self.rows[tag])
-            scenes.append(world.scene_for(noisy_scene_meta(meta, rng), rng))
+            scenes.append(world.scene_for(noisy_scene_meta(meta, rng, self.fidelity), rng))
             prompts.append("" if rng.random() < prompt_dropout else meta["prompt"])
         tokens = self.adapter.tokenizer.encode(render_batch(scenes))
         return prompts, tokens

@@ -153,7 +153,7 @@ class Trainer:
                                               recipe.critical.clip_weights)
         else:
             from maskfocus_cli.engine.pretrain import SceneStream
-            self.stream = SceneStream(self.adapter, self.cfg.seed)
+            self.stream = SceneStream(self.adapter, self.cfg.seed, fidelity=recipe.data.caption_fidelity or None)
 
     # ------------------------------------------------------------------ set-up helpers
     def _load_adapter(self) -> MaskedT2IAdapter:

@@ -42,3 +42,25 @@ def test_other_tags_are_never_perturbed_and_the_share_matches():
     for _ in range(50):  # every perturbed row still renders
         world.scene_for(noisy_scene_meta(POS, rng, {"position": 0.0}), rng)
         world.scene_for(noisy_scene_meta(COUNT, rng, {"counting": 0.0}), rng)
+
+
+def test_check_fidelity_fills_defaults_and_rejects_bad_entries():
+    import pytest
+
+    from maskfocus_cli.engine.pretrain import check_fidelity
+    assert check_fidelity({}) == CAPTION_FIDELITY
+    assert check_fidelity({"counting": 1}) == {**CAPTION_FIDELITY, "counting": 1.0}
+    for bad, match in (({"colors": 0.5}, "only counting, position"), ({"position": 1.5}, "between 0 and 1"),
+                       ({"counting": "high"}, "between 0 and 1"), ({"counting": True}, "between 0 and 1")):
+        with pytest.raises(ValueError, match=match):
+            check_fidelity(bad)
+
+
+def test_recipe_caption_fidelity_reaches_the_scene_stream(tmp_path):
+    from maskfocus_cli.config import load_recipe
+    from maskfocus_cli.engine.trainer import Trainer
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: {spec: shapes}\ntrain: {algorithm: pretrain, iterations: 1, batch_size: 4}\n"
+                      f"output: {{dir: {tmp_path / 'out'}}}\ndata: {{caption_fidelity: {{position: 1.0}}}}\n")
+    trainer = Trainer(load_recipe(recipe))
+    assert trainer.stream.fidelity == {**CAPTION_FIDELITY, "position": 1.0}
