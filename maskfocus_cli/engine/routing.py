@@ -10,6 +10,8 @@ new subclasses, the sampler does not change.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from maskfocus_cli.engine.sampling import RouteDecision
@@ -29,8 +31,12 @@ class EntropyRouter:
     the median sample stays standard; a batch of one never explores.
     """
 
-    def __init__(self, scale: float = 2.5, decay: float = 3.0, floor: float = 0.7) -> None:
+    def __init__(self, scale: float = 2.5, decay: float = 3.0, floor: float = 0.7,
+                 gather: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+        """``gather``: collects every rank's per-sample entropies, so the median is the whole
+        rollout batch's and N ranks route exactly as one process would (None: this batch)."""
         self.scale, self.decay, self.floor = scale, decay, floor
+        self.gather = gather
 
     def temperature(self, token_entropy: torch.Tensor) -> torch.Tensor:
         """Exploratory per-token temperature from per-token entropy (nats)."""
@@ -38,10 +44,11 @@ class EntropyRouter:
 
     def route(self, entropy: torch.Tensor, masked: torch.Tensor) -> RouteDecision:
         total = (entropy * masked).sum(-1)
-        explore = total < batch_median(total)
+        explore = total < batch_median(total if self.gather is None else self.gather(total))
         temp = torch.where(explore[:, None] & masked, self.temperature(entropy), torch.ones_like(entropy))
         return RouteDecision(explore=explore, temperature=temp)
 
 
-def make_router(enabled: bool, scale: float = 2.5, decay: float = 3.0, floor: float = 0.7) -> EntropyRouter | None:
-    return EntropyRouter(scale, decay, floor) if enabled else None
+def make_router(enabled: bool, scale: float = 2.5, decay: float = 3.0, floor: float = 0.7,
+                gather: Callable[[torch.Tensor], torch.Tensor] | None = None) -> EntropyRouter | None:
+    return EntropyRouter(scale, decay, floor, gather) if enabled else None

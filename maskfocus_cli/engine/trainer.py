@@ -140,8 +140,10 @@ class Trainer:
             self.prompts = load_prompt_source(recipe.data.prompts)
             self.prompt_weights = prompt_weights(self.prompts, recipe.data.tag_weights, recipe.data.prompts)
             self.reward = reward_fn or self._build_reward()
+            # ranks route on the whole rollout batch's median entropy, as one process would
+            gather = None if self.acc.num_processes == 1 else self._gather_entropies
             self.router = make_router(recipe.routing.enabled, recipe.routing.scale, recipe.routing.decay,
-                                      recipe.routing.floor)
+                                      recipe.routing.floor, gather)
             self.selector = make_selector(recipe.critical.selector)
             if self.cfg.algorithm == "maskfocus":
                 k = self.recipe.critical.k
@@ -156,6 +158,10 @@ class Trainer:
             self.stream = SceneStream(self.adapter, self.cfg.seed, fidelity=recipe.data.caption_fidelity or None)
 
     # ------------------------------------------------------------------ set-up helpers
+    def _gather_entropies(self, values: torch.Tensor) -> torch.Tensor:
+        """Every rank's per-sample entropies (ranks hold equal shares: k-repeat split)."""
+        return self.acc.gather(values.contiguous().to(self.acc.device)).to(values.device)
+
     def _load_adapter(self) -> MaskedT2IAdapter:
         from maskfocus_cli.models.loading import load_model
         m = self.recipe.model
@@ -413,6 +419,7 @@ class Trainer:
                 if epoch == 0:
                     stats.update(e_stats)
                 stats["grad_norm"] = grad_norm
+        stats = self._reduce_stats(stats)
         times["loss"] = time.perf_counter() - t2
         times["total"] = time.perf_counter() - t0
 
@@ -427,12 +434,29 @@ class Trainer:
             "zero_std_ratio": adv.zero_std_groups / adv.groups,
             "kept": n_keep_global, "invalid_rewards": n_invalid,
             "steps": steps_used,
-            "explore_fraction": float(traj.explore.float().mean()) if self.router else 0.0,
+            "explore_fraction": self._rank_mean(traj.explore.float().mean()) if self.router else 0.0,
             "time": {k: round(v, 4) for k, v in times.items()},
         }
         if n_invalid:
             self.log(f"iteration {it}: {n_invalid} non-finite rewards skipped")
         return row
+
+    def _reduce_stats(self, stats: dict) -> dict:
+        """Loss, KL and clip counts of the whole rollout batch (summed over ranks), so the
+        metrics of N ranks are those of one process."""
+        keys = ("loss", "kl", "kl_count", "clipped", "elements")
+        vals = torch.tensor([float(stats.get(k, 0.0)) for k in keys], dtype=torch.float64)
+        if self.acc.num_processes > 1:
+            vals = self.acc.reduce(vals.to(self.acc.device), "sum").cpu()
+        out = {**stats, **dict(zip(keys, vals.tolist()))}
+        out["kl"] = out["kl"] / out["kl_count"] if out["kl_count"] else 0.0
+        return out
+
+    def _rank_mean(self, value: torch.Tensor) -> float:
+        """Mean over ranks of a per-rank mean (ranks hold equal rollout shares)."""
+        if self.acc.num_processes > 1:
+            value = self.acc.reduce(value.to(self.acc.device), "mean").cpu()
+        return float(value)
 
     def _choose_steps(self, sub: Trajectory, it: int, idx: torch.Tensor) -> torch.Tensor:
         """(k,) shared steps or (B, k) per-sample steps for this rank's kept samples."""
@@ -440,14 +464,26 @@ class Trainer:
         if self.cfg.algorithm == "mask-grpo":
             r = self.cfg.reduction_steps
             return torch.arange(min(r, T) if r else T)
+        shared = self.recipe.critical.reduction == "batch"
+        b = sub.final.shape[0]
         gain = None
-        if sub.final.shape[0] == 0:  # nothing kept on this rank: any k steps (only dummy passes run)
-            return torch.arange(min(self.recipe.critical.k, T))
         if self.selector.needs_gain:
-            _, gain = trajectory_gain(sub, self.embedder)
-        gen = torch.Generator().manual_seed(derive_seed(self.cfg.seed, it, self.acc.process_index, "steps"))
+            gain = trajectory_gain(sub, self.embedder)[1] if b else None
+            if shared:  # the mean over the whole rollout batch, so every rank (and one process) agrees
+                total = gain.double().sum(0) if gain is not None else torch.zeros(T, dtype=torch.float64)
+                count = torch.tensor([float(b)], dtype=torch.float64)
+                if self.acc.num_processes > 1:
+                    dev = self.acc.device
+                    total = self.acc.reduce(total.to(dev), "sum").cpu()
+                    count = self.acc.reduce(count.to(dev), "sum").cpu()
+                gain = (total / count.clamp_min(1.0)).float()[None]
+        if b == 0 and not shared:  # nothing kept on this rank: any k steps (only dummy passes run)
+            return torch.arange(min(self.recipe.critical.k, T))
+        # a shared step set is drawn alike on every rank; per-sample sets per rank
+        rank_key = () if shared else (self.acc.process_index,)
+        gen = torch.Generator().manual_seed(derive_seed(self.cfg.seed, it, *rank_key, "steps"))
         return select_steps(self.selector, T, self.recipe.critical.k, gain, self.recipe.critical.reduction, gen,
-                            batch_size=sub.final.shape[0])
+                            batch_size=b)
 
     def _units(self, b: int, steps: torch.Tensor) -> list[tuple[int, int, torch.Tensor]]:
         """(j, t, rows) work units; each is ONE forward and ONE backward (what DDP expects)."""
@@ -483,7 +519,8 @@ class Trainer:
         settings = self.settings if cfg.loss_guidance else SamplerSettings(
             steps=self.settings.steps, guidance_scale=1.0 if self.adapter.guidance_form == "meissonic" else 0.0,
             schedule=self.settings.schedule, logit_temperature=self.settings.logit_temperature)
-        out = {"loss": 0.0, "kl": 0.0, "clipped": 0.0, "elements": 0.0}
+        out = {"loss": 0.0, "kl": 0.0, "clipped": 0.0, "elements": 0.0,
+               "kl_count": float(idx.numel() * steps.shape[-1])}  # kl: a sum until rl_iteration divides
         for u in range(n_units):
             sync = u == n_units - 1
             with nullcontext() if sync or acc.num_processes == 1 else acc.no_sync(self.net):
@@ -495,7 +532,7 @@ class Trainer:
                                       it, mine_t[idx[rows]], old, epoch)
                 acc.backward(res.loss_sum * scale)
             out["loss"] += float(res.loss_sum.detach()) * scale / acc.num_processes
-            out["kl"] += res.kl_sum / max(1, idx.numel() * steps.shape[-1])
+            out["kl"] += res.kl_sum
             out["clipped"] += res.clip_count
             out["elements"] += res.elements
         return out

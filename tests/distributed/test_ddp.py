@@ -14,7 +14,7 @@ HERE = Path(__file__).resolve().parent
 RECIPE = """
 model: {{spec: "shapes:{model}"}}
 sampler: {{steps: 5, guidance_scale: 2.0}}
-critical: {{selector: info-gain, k: 2, reduction: sample}}
+critical: {{selector: info-gain, k: 2, reduction: {reduction}}}
 rewards: [{{name: brightness}}]
 train: {{algorithm: maskfocus, iterations: 2, prompts_per_iter: 2, group_size: 4, micro_batch: 2, lr: 1.0e-3,
         kl_beta: 0.05}}
@@ -34,13 +34,14 @@ def launch(nproc: int, *args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-def test_two_ranks_stay_identical_and_match_one_process(tmp_path, tiny_shapes_dir):
+@pytest.mark.parametrize("reduction", ["batch", "sample"])
+def test_two_ranks_stay_identical_and_match_one_process(tmp_path, tiny_shapes_dir, reduction):
     results = {}
     for n in (2, 1):
         out = tmp_path / f"w{n}"
         out.mkdir()
         recipe = tmp_path / f"r{n}.yaml"
-        recipe.write_text(RECIPE.format(model=tiny_shapes_dir, out=out / "run"))
+        recipe.write_text(RECIPE.format(model=tiny_shapes_dir, out=out / "run", reduction=reduction))
         proc = launch(n, str(HERE / "ddp_worker.py"), str(recipe), str(out), cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr[-3000:]
         results[n] = [torch.load(out / f"rank{r}.pt") for r in range(n)]
@@ -57,14 +58,22 @@ def test_two_ranks_stay_identical_and_match_one_process(tmp_path, tiny_shapes_di
         assert single["grads"][k].abs().max() > 0, k
         torch.testing.assert_close(r0["grads"][k], single["grads"][k], rtol=1e-4, atol=1e-7)
         torch.testing.assert_close(r1["grads"][k], single["grads"][k], rtol=1e-4, atol=1e-7)
-    assert results[2][0]["history"][0]["reward"] == single["history"][0]["reward"]
+    # routing on the whole batch's median entropy and (batch reduction) steps from the whole batch's
+    # gain: the ranks' rollouts, steps and metrics are one process's
+    for h2, h1 in zip(results[2][0]["history"], single["history"]):
+        assert h2["reward"] == h1["reward"] and h2["explore_fraction"] == h1["explore_fraction"]
+        assert h2["kept"] == h1["kept"]
+        assert h2["loss"] == pytest.approx(h1["loss"], abs=1e-6) and h2["kl"] == pytest.approx(h1["kl"], rel=1e-4)
+        if reduction == "batch":
+            assert h2["steps"] == h1["steps"]
+    assert single["history"][1]["kl"] > 0
 
 
 
 @pytest.mark.slow
 def test_accelerate_launch_cli(tmp_path, tiny_shapes_dir):
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(RECIPE.format(model=tiny_shapes_dir, out=tmp_path / "run"))
+    recipe.write_text(RECIPE.format(model=tiny_shapes_dir, out=tmp_path / "run", reduction="batch"))
     proc = launch(2, "-m", "maskfocus_cli", "train", str(recipe), "--set", "train.iterations=1", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(l) for l in proc.stdout.splitlines() if l.startswith("{")]

@@ -26,6 +26,21 @@ def test_even_batch_exactly_half_explore():
     assert EntropyRouter().route(ent, masked).explore.tolist() == [False, True, False, True]
 
 
+def test_gathered_median_is_the_whole_rollout_batch():
+    """On one of two ranks: the median is over both ranks' samples, as in one process."""
+    ent, masked = per_sample([4.0, 1.0])  # this rank; alone its median is 2.5
+    other = torch.tensor([0.5, 0.2])  # the other rank's totals: whole-batch median (0.5 + 1) / 2 = 0.75
+    seen = []
+
+    def gather(totals):
+        seen.append(totals.clone())
+        return torch.cat([totals, other])
+
+    assert EntropyRouter(gather=gather).route(ent, masked).explore.tolist() == [False, False]
+    assert EntropyRouter().route(ent, masked).explore.tolist() == [False, True]
+    torch.testing.assert_close(seen[0], torch.tensor([4.0, 1.0]))
+
+
 def test_odd_batch_median_sample_stays_standard():
     ent, masked = per_sample([3.0, 1.0, 2.0, 7.0, 0.5])  # median 2.0: only 1.0 and 0.5 are below
     assert EntropyRouter().route(ent, masked).explore.tolist() == [False, True, False, False, True]
