@@ -55,7 +55,7 @@ class CriticalConfig:
                         choices=("info-gain", "random", "uniform", "first", "last", "all"))
     k: int = opt(3, "number of critical steps per rollout batch (ignored by 'all')", min=1)
     embed: str = opt("codebook", "embedding for step similarity", choices=("codebook", "pixels", "clip"))
-    reduction: str = opt("batch", "'batch': one step set per micro-batch (official); 'sample': per image",
+    reduction: str = opt("batch", "'batch': one step set for the whole rollout batch, all ranks (official); 'sample': per image",
                          choices=("batch", "sample"))
     clip_model: str = opt("ViT-B-32", "open_clip architecture for embed=clip")
     clip_weights: str | None = opt(None, "local open_clip weights file for embed=clip")
@@ -106,7 +106,7 @@ class TrainConfig:
     warmup: int = opt(0, "linear warm-up iterations", min=0)
     lr_schedule: str = opt("constant", "after warm-up", choices=("constant", "cosine"))
     grad_clip: float = opt(1.0, "max global grad norm (0 = off)", min=0)
-    kl_beta: float = opt(0.01, "β of the k3 KL to the frozen reference (maskfocus estimator)", min=0)
+    kl_beta: float = opt(0.01, "β of the KL to the frozen reference (maskfocus estimator; see kl_estimator)", min=0)
     kl_max: float = opt(0.0, "cap on each token's k3 KL value (0 = uncapped, the paper's; verl caps at 10): "
                         "one token the policy stopped sampling can otherwise dominate a clipped update", min=0)
     kl_estimator: str = opt("k3", "maskfocus KL to the reference: k3 (the paper's, on the image's tokens) | "

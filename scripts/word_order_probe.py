@@ -23,7 +23,7 @@ def main() -> None:
     args = ap.parse_args()
     for m in args.models:
         if (Path(m) / "trainer.json").is_file():  # a training checkpoint of the shapes model
-            adapter = load_model("shapes", checkpoint=m, device="cpu")
+            adapter = load_model(f"shapes:{m}", device="cpu")  # a complete model folder, its own base
         else:
             adapter = load_model(m, device="cpu")
         for tag in PROBED_TAGS:

@@ -109,6 +109,8 @@ class Trainer:
             if self.cfg.group_size < 2:
                 raise ValueError("train.group_size must be at least 2: GRPO compares images of the same prompt")
             total = self.cfg.prompts_per_iter * self.cfg.group_size
+            if self.cfg.kl_estimator == "full" and self.cfg.kl_max > 0:
+                raise ValueError("train.kl_max caps k3 values; kl_estimator: full has none to cap: set kl_max to 0")
             if total % self.acc.num_processes:
                 raise ValueError(f"prompts_per_iter × group_size = {total} images must split evenly over "
                                  f"{self.acc.num_processes} processes")
@@ -470,7 +472,7 @@ class Trainer:
         if self.selector.needs_gain:
             gain = trajectory_gain(sub, self.embedder)[1] if b else None
             if shared:  # the mean over the whole rollout batch, so every rank (and one process) agrees
-                total = gain.double().sum(0) if gain is not None else torch.zeros(T, dtype=torch.float64)
+                total = gain.detach().cpu().double().sum(0) if gain is not None else torch.zeros(T, dtype=torch.float64)
                 count = torch.tensor([float(b)], dtype=torch.float64)
                 if self.acc.num_processes > 1:
                     dev = self.acc.device

@@ -167,6 +167,9 @@ def test_train_cli_end_to_end(tmp_path, tiny_shapes_dir):
     ("train.nope=1", "unknown key"),
     ("train.rollout_dtype=fp16", "not one of fp32, bf16"),
     ("train.lora_rank=2 train.rollout_dtype=bf16", "needs full fine-tuning"),
+    ("train.kl_estimator=full train.kl_max=10", "set kl_max to 0"),
+    ("train.kl_estimator=k2", "not one of k3, full"),
+    ('data.caption_fidelity={"colors":0.5} train.algorithm=pretrain', "only counting, position"),
 ])
 def test_train_bad_input(tmp_path, tiny_shapes_dir, override, message):
     p = recipe_file(tmp_path, tiny_shapes_dir)
