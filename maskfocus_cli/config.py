@@ -83,8 +83,9 @@ class DataConfig:
     eval_prompts: str = opt("shapes:heldout", "prompts for periodic sample grids / evaluation")
     num_eval_prompts: int = opt(8, "how many eval prompts go into the periodic sample grid", min=0)
     num_validation_prompts: int = opt(48, "eval prompts (× 4 images) behind output.validate_every's reward", min=1)
-    tag_weights: dict = opt(None, "how often training prompts of each GenEval tag are drawn, relative to 1 "
-                            "(tags not named, and prompts without a tag, weigh 1); e.g. {single_object: 0.25}",
+    tag_weights: dict = opt(None, "how often training prompts (pretraining: scenes) of each GenEval tag are "
+                            "drawn, relative to 1 (tags not named, and prompts without a tag, weigh 1); "
+                            "e.g. {single_object: 0.25}",
                             factory=dict)
     caption_fidelity: dict = opt(None, "pretrain: share of counting / position training scenes that show "
                                  "their caption's count / relation (the rest show another): the base's "

@@ -52,6 +52,18 @@ def noisy_scene_meta(meta: dict, rng: random.Random, fidelity: dict[str, float] 
     return {**meta, "include": include}
 
 
+def pretrain_mix(tag_weights: dict | None) -> dict[str, float]:
+    """``data.tag_weights`` for pretraining: each named tag's share of ``TAG_MIX`` scaled by its weight.
+
+    Relations are a threshold skill here: at position's default share (2 of 15) the base never
+    learns them, at 4× it does (docs/shapes-rl.md), so the mix is a recipe knob.
+    """
+    from maskfocus_cli.engine.data import prompt_weights
+    tags = list(TAG_MIX)
+    weights = prompt_weights([(t, {"tag": t}) for t in tags], tag_weights or {}, "the pretraining mix")
+    return dict(TAG_MIX) if weights is None else {t: TAG_MIX[t] * w for t, w in zip(tags, weights)}
+
+
 def check_fidelity(fidelity: dict) -> dict[str, float]:
     """``data.caption_fidelity`` → {tag: share}; only tags ``noisy_scene_meta`` can perturb."""
     out = {}

@@ -156,8 +156,9 @@ class Trainer:
                 self.embedder = make_embedder(recipe.critical.embed, self.adapter, recipe.critical.clip_model,
                                               recipe.critical.clip_weights)
         else:
-            from maskfocus_cli.engine.pretrain import SceneStream
-            self.stream = SceneStream(self.adapter, self.cfg.seed, fidelity=recipe.data.caption_fidelity or None)
+            from maskfocus_cli.engine.pretrain import SceneStream, pretrain_mix
+            self.stream = SceneStream(self.adapter, self.cfg.seed, tag_mix=pretrain_mix(recipe.data.tag_weights),
+                                      fidelity=recipe.data.caption_fidelity or None)
 
     # ------------------------------------------------------------------ set-up helpers
     def _gather_entropies(self, values: torch.Tensor) -> torch.Tensor:

@@ -64,3 +64,27 @@ def test_recipe_caption_fidelity_reaches_the_scene_stream(tmp_path):
                       f"output: {{dir: {tmp_path / 'out'}}}\ndata: {{caption_fidelity: {{position: 1.0}}}}\n")
     trainer = Trainer(load_recipe(recipe))
     assert trainer.stream.fidelity == {**CAPTION_FIDELITY, "position": 1.0}
+
+
+def test_pretrain_mix_scales_the_default_shares_and_rejects_bad_tags():
+    import pytest
+
+    from maskfocus_cli.engine.pretrain import TAG_MIX, pretrain_mix
+    assert pretrain_mix(None) == TAG_MIX and pretrain_mix({}) == TAG_MIX
+    mix = pretrain_mix({"position": 4, "colors": 0})
+    assert mix == {**TAG_MIX, "position": TAG_MIX["position"] * 4, "colors": 0.0}
+    with pytest.raises(ValueError, match="spatial"):
+        pretrain_mix({"spatial": 2})
+    with pytest.raises(ValueError, match="finite number"):
+        pretrain_mix({"position": -1})
+
+
+def test_recipe_tag_weights_reach_the_pretraining_stream(tmp_path):
+    from maskfocus_cli.config import load_recipe
+    from maskfocus_cli.engine.pretrain import TAG_MIX
+    from maskfocus_cli.engine.trainer import Trainer
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: {spec: shapes}\ntrain: {algorithm: pretrain, iterations: 1, batch_size: 4}\n"
+                      f"output: {{dir: {tmp_path / 'out'}}}\ndata: {{tag_weights: {{position: 4}}}}\n")
+    stream = Trainer(load_recipe(recipe)).stream
+    assert dict(zip(stream.tags, stream.weights)) == {**TAG_MIX, "position": TAG_MIX["position"] * 4}
