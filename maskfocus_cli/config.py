@@ -55,8 +55,8 @@ class CriticalConfig:
                         choices=("info-gain", "random", "uniform", "first", "last", "all"))
     k: int = opt(3, "number of critical steps per rollout batch (ignored by 'all')", min=1)
     embed: str = opt("codebook", "embedding for step similarity", choices=("codebook", "pixels", "clip"))
-    reduction: str = opt("batch", "'batch': one step set for the whole rollout batch, all ranks (official); 'sample': per image",
-                         choices=("batch", "sample"))
+    reduction: str = opt("batch", "'batch': one step set for the whole rollout batch, all ranks (official); "
+                         "'sample': per image", choices=("batch", "sample"))
     clip_model: str = opt("ViT-B-32", "open_clip architecture for embed=clip")
     clip_weights: str | None = opt(None, "local open_clip weights file for embed=clip")
 

@@ -134,8 +134,8 @@ def maskfocus_step_loss(adapter: MaskedT2IAdapter, net: nn.Module, ref_net: nn.M
             per_tok = per_tok + kl_beta * kl
         elif kl_estimator == "k3":
             ref = ref_all.gather(-1, final.unsqueeze(-1)).squeeze(-1)
-            kl = k3_kl(logp, ref)
-            per_tok = per_tok + kl_beta * (k3_kl(logp, ref, kl_max) if kl_max > 0 else kl)
+            kl = k3_kl(logp, ref)  # once: the loss takes it capped (as k3_kl's max_value does), the log uncapped
+            per_tok = per_tok + kl_beta * (kl.clamp(max=kl_max) if kl_max > 0 else kl)
         else:
             raise ValueError(f"unknown kl_estimator {kl_estimator!r}; use 'k3' or 'full'")
         kl_sum = float(((kl.detach() * m).sum(1) / m.sum(1).clamp_min(1)).sum())  # logged uncapped

@@ -12,10 +12,9 @@ About 0 nats: the model does not use the words' order, and RL would have to teac
 from __future__ import annotations
 
 import random
+from typing import TYPE_CHECKING
 
 import torch
-
-from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from maskfocus_cli.models.shapes import ShapesAdapter
@@ -32,7 +31,8 @@ def altered_caption(meta: dict) -> str:
         rel, target = alt["include"][1]["position"]
         alt["include"][1]["position"] = [OPPOSITE[rel], target]
     elif meta["tag"] == "color_attr":
-        alt["include"][0]["color"], alt["include"][1]["color"] = meta["include"][1]["color"], meta["include"][0]["color"]
+        first, second = meta["include"][0]["color"], meta["include"][1]["color"]
+        alt["include"][0]["color"], alt["include"][1]["color"] = second, first
     else:
         raise ValueError(f"the word-order probe covers {', '.join(PROBED_TAGS)}, not {meta['tag']!r}")
     return world.prompt_for(alt)
