@@ -87,3 +87,7 @@ def train(recipe, overrides, resume, out, explain) -> None:
         if history:
             reward_curve(history, trainer.run_dir / "reward.png", title=f"{cfg.train.algorithm} · {recipe}")
         stderr.print(f"[green]done[/]: {trainer.state.iteration} iterations → {trainer.run_dir}")
+    # every rank waits for rank 0's grid, then tears the process group down: a rank that exits with a live
+    # gloo group can abort in its destructor ("terminate called without an active exception")
+    trainer.acc.wait_for_everyone()
+    trainer.acc.end_training()
