@@ -18,6 +18,13 @@ drawing too many objects (``"three circles"`` answered with five) would earn ful
 credit. Every row keeps the prompt's tag, so counting keeps its 0.9 threshold.
 Score 1.0 exactly when the binary reward is 1.
 
+Count credit (``partial=True, count_credit=True``): a plain include clause asking for
+n > 1 objects (no colour, no position) earns min(found, n)/n instead of 0/1, found
+counted under the same thresholds (0.9 for counting). The binary clause is almost
+never met by a base that draws one or two clean shapes of the three asked, so its
+groups are all-zero and carry no signal; the graded clause ranks 2 of 3 above 1 of 3.
+The exclude clause still pays nothing for drawing too many.
+
 Metadata: the GenEval row of each image; ``None`` entries are parsed from the
 prompt with ``shapes.world.parse_prompt``. No weights needed.
 """
@@ -49,9 +56,11 @@ def _with_targets(include: list[dict], i: int) -> list[dict]:
 class ShapesGenEvalReward:
     """1/0 GenEval correctness per image (or the clause fraction with ``partial=True``)."""
 
-    def __init__(self, partial: bool = False, thresholds: dict | None = None) -> None:
+    def __init__(self, partial: bool = False, thresholds: dict | None = None,
+                 count_credit: bool = False) -> None:
         """``thresholds``: overrides of ``bench.geneval.GenEvalThresholds`` fields
-        (score, counting_score, max_objects, position)."""
+        (score, counting_score, max_objects, position); ``count_credit``: graded plain
+        count clauses (needs ``partial``)."""
         from maskfocus_cli.bench.geneval import GenEvalThresholds
         from maskfocus_cli.shapes.detector import ShapesDetector
 
@@ -61,6 +70,9 @@ class ShapesGenEvalReward:
             raise ValueError(f"unknown GenEval threshold(s) {sorted(unknown)}; known: {sorted(fields)}")
         self.thr = GenEvalThresholds(**(thresholds or {}))
         self.partial = bool(partial)
+        if count_credit and not self.partial:
+            raise ValueError("count_credit grades clauses of the partial score: set partial: true as well")
+        self.count_credit = bool(count_credit)
         self.detector = ShapesDetector()
 
     def _metadata(self, prompts: Sequence[str], metadata: Sequence[dict | None] | None) -> list[dict]:
@@ -72,14 +84,19 @@ class ShapesGenEvalReward:
         return [m if m is not None else parse_prompt(p) for p, m in zip(prompts, metadata)]
 
     def _partial_score(self, detections, meta: dict) -> float:
-        from maskfocus_cli.bench.geneval import evaluate_image
+        from maskfocus_cli.bench.geneval import evaluate_image, kept_detections
 
         include, exclude = list(meta.get("include", [])), list(meta.get("exclude", []))
         if not include and not exclude:
             return float(evaluate_image(detections, meta, self.thr).correct)
         base = {"tag": meta["tag"], "prompt": meta.get("prompt", "")}
-        ok = 0
-        for i in range(len(include)):
+        ok = 0.0
+        kept = kept_detections(detections, meta["tag"], self.thr) if self.count_credit else {}
+        for i, c in enumerate(include):
+            n = int(c["count"])
+            if self.count_credit and n > 1 and "color" not in c and "position" not in c:
+                ok += min(len(kept.get(c["class"], [])), n) / n
+                continue
             row = {**base, "include": _with_targets(include, i), "exclude": []}
             ok += evaluate_image(detections, row, self.thr).correct
         for c in exclude:

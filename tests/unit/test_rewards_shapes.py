@@ -59,6 +59,24 @@ def test_counting_penalises_too_many_and_too_few(binary, partial):
     assert score(partial, [four, two, three], [p] * 3) == [0.5, 0.5, 1.0]
 
 
+def test_count_credit_grades_plain_count_clauses():
+    graded = make_reward("shapes-geneval", partial=True, count_credit=True)
+    p = "a photo of three circles"  # include circle>=3 (graded), exclude circle>=4
+    one = scene(("circle", "red", 0, 0))
+    two = scene(("circle", "red", 0, 0), ("circle", "blue", 5, 5))
+    three = scene(("circle", "red", 0, 0), ("circle", "blue", 5, 5), ("circle", "pink", 0, 5))
+    four = scene(*[("circle", c, r, k) for c, (r, k) in zip(["red", "blue", "green", "black"],
+                                                             [(0, 0), (0, 3), (3, 0), (3, 3)])])
+    got = score(graded, [scene(), one, two, three, four], [p] * 5)
+    # (min(found, 3)/3 + [found < 4]) / 2
+    assert got == pytest.approx([0.5, (1 / 3 + 1) / 2, (2 / 3 + 1) / 2, 1.0, 0.5])
+    # count-1, colour and position clauses stay 0/1: same as plain partial credit
+    s = scene(("circle", "red", 0, 0), ("square", "green", 4, 4))
+    assert score(graded, [s], ["a photo of a red circle and a blue square"]) == [0.5]
+    with pytest.raises(ValueError, match="partial: true"):
+        make_reward("shapes-geneval", count_credit=True)
+
+
 def test_position_clause_needs_relation_and_target(binary, partial):
     p = "a photo of a circle left of a square"  # include [square, circle left of #0]
     right = scene(("circle", "red", 3, 5), ("square", "blue", 3, 0))
