@@ -36,7 +36,7 @@ from maskfocus_cli.bench.geneval import GenEvalThresholds, ImageResult, evaluate
 from maskfocus_cli.bench.layout import (geneval_prompt_dir, geneval_sample_path, load_image, scan_geneval,
                                         scan_t2i_compbench, t2i_sample_path, write_geneval_metadata, save_png)
 from maskfocus_cli.engine.generate import generate, make_jobs
-from maskfocus_cli.engine.sampling import SamplerSettings
+from maskfocus_cli.engine.sampling import Router, SamplerSettings
 from maskfocus_cli.io.checkpoint import atomic_write_bytes, atomic_write_json
 from maskfocus_cli.models.base import MaskedT2IAdapter
 
@@ -57,13 +57,16 @@ class Generation:
     n: int = 4  #: images per prompt
     seed: int = 0  #: image j of a prompt uses seed + j (its k-th repeat: seed + k·n + j)
     batch_size: int = 64  #: images per sampling batch
+    router: Router | None = None  #: rollout-style routing (a diagnostic; benchmarks use the standard step)
 
     def __post_init__(self) -> None:
         if self.n < 1:
             raise ValueError(f"--n must be at least 1 (got {self.n})")
 
     def describe(self) -> dict:
-        return {"sampler": dataclasses.asdict(self.settings), "n": self.n, "seed": self.seed}
+        # "routing" only when on: results written without it keep resuming under the same run info
+        routing = {"routing": True} if self.router is not None else {}
+        return {"sampler": dataclasses.asdict(self.settings), "n": self.n, "seed": self.seed, **routing}
 
 
 def quantize(images: torch.Tensor) -> torch.Tensor:
@@ -309,7 +312,8 @@ def run_geneval_like(out: str | Path, metadata: Sequence[dict], detector: Detect
     timer, sink = _Timer(), _Sink(store, len(todo), on_row, on_progress)
     if todo:
         generation.adapter.encode_prompts(sorted({j.prompt for j in todo}))  # bad prompts fail before sampling
-        for batch in generate(generation.adapter, todo, generation.settings, generation.batch_size):
+        for batch in generate(generation.adapter, todo, generation.settings, generation.batch_size,
+                              generation.router):
             images = quantize(batch.images)
             items = []
             for k, job in enumerate(batch.jobs):
@@ -500,7 +504,8 @@ def run_t2i_compbench(out: str | Path, prompts_by_category: dict[str, Sequence[s
         if not todo:
             continue
         generation.adapter.encode_prompts(sorted({j.prompt for j in todo}))
-        for batch in generate(generation.adapter, todo, generation.settings, generation.batch_size):
+        for batch in generate(generation.adapter, todo, generation.settings, generation.batch_size,
+                              generation.router):
             images = quantize(batch.images)
             items = []
             for k, job in enumerate(batch.jobs):

@@ -20,7 +20,7 @@ DEFAULT_CLIP_ARCH = {"geneval": "ViT-L-14", "t2i-compbench": "ViT-B-32"}  # GenE
 GENERATE_ONLY = {"model_spec": "--model", "checkpoint": "--checkpoint", "n": "--n", "seed": "--seed",
                  "steps": "--steps", "cfg": "--cfg", "schedule": "--schedule", "temperature": "--temperature",
                  "gumbel": "--gumbel", "batch_size": "--batch-size", "num_prompts": "--num-prompts",
-                 "prompt_seed": "--prompt-seed", "prompt_file": "--metadata/--prompts"}
+                 "prompt_seed": "--prompt-seed", "prompt_file": "--metadata/--prompts", "routing": "--routing"}
 
 
 def _given(ctx: click.Context, name: str) -> bool:
@@ -81,6 +81,9 @@ def _bar_callback(bar, label: str):
                    "[default: eval-<bench>; with --images: the images folder].")
 @click.option("--compare", "compare", default=None, metavar="SUMMARY",
               help="summary.json of another run: print both side by side with deltas.")
+@click.option("--routing", is_flag=True,
+              help="Sample as MaskFocus rollouts do (entropy-based dynamic routing): how much the exploratory "
+                   "step costs the reward. Benchmarks score the standard sampler; this is a diagnostic.")
 @click.option("--fresh", is_flag=True, help="Discard results.jsonl in --out instead of resuming from it.")
 @click.option("--markdown", "markdown", default=None, metavar="FILE",
               help="Also write the table (and the --compare deltas) as markdown, with the command that made it.")
@@ -88,7 +91,7 @@ def _bar_callback(bar, label: str):
 def evaluate(ctx, bench, images_dir, prompt_file, categories, model_spec, checkpoint, device, dtype, steps, cfg,
              schedule, temperature, gumbel, n, seed, batch_size, score_batch_size, num_prompts, prompt_seed,
              detector_path, clip, clip_arch, blip_path, complex_spatial, complex_action, out, compare,
-             fresh, markdown) -> None:
+             routing, fresh, markdown) -> None:
     """Score a model (or a folder of images) on GenEval, T2I-CompBench or the shapes bench.
 
     Generate-and-score: images from --model go to --out in the official layout
@@ -162,7 +165,11 @@ def evaluate(ctx, bench, images_dir, prompt_file, categories, model_spec, checkp
     if generating:
         from maskfocus_cli.models.loading import load_model
         adapter = load_model(model_spec, checkpoint, device, dtype)
-        generation = runner.Generation(adapter, settings, n=n, seed=seed, batch_size=batch_size)
+        router = None
+        if routing:
+            from maskfocus_cli.engine.routing import EntropyRouter
+            router = EntropyRouter()
+        generation = runner.Generation(adapter, settings, n=n, seed=seed, batch_size=batch_size, router=router)
         model_info = {"model": model_spec, "checkpoint": str(checkpoint) if checkpoint else None}
 
     with progress() as bar:

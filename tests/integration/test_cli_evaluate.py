@@ -190,6 +190,22 @@ def test_rerun_resumes_and_scores_only_missing_images(tiny_shapes, tmp_path):
     assert stdout_json(fresh)["newly_scored"] == 12 and stdout_json(fresh)["seed"] == 5
 
 
+def test_routing_samples_as_rollouts_do_and_is_its_own_run(shapes_run, tiny_shapes, tmp_path):
+    plain_out, plain = shapes_run
+    args = ["--bench", "shapes", "--model", f"shapes:{tiny_shapes}", *FAST]
+    routed = invoke(*args, "--routing", "--out", str(tmp_path / "R"))
+    assert routed.exit_code == 0, routed.output
+    summary = stdout_json(routed)
+    assert summary["routing"] is True and "routing" not in stdout_json(plain)
+    plain_rows, routed_rows = read_results(plain_out / "results.jsonl"), read_results(tmp_path / "R" / "results.jsonl")
+    assert len(routed_rows) == len(plain_rows)
+    differ = [r for r in plain_rows if (plain_out / r["path"]).read_bytes() != (tmp_path / "R" / r["path"]).read_bytes()]
+    assert differ  # same seeds, but half the batch took exploratory steps
+    # routed images are never mixed into a standard run's results
+    assert_user_error(invoke(*args, "--routing", "--out", str(plain_out)), "different run", "--fresh")
+    assert_user_error(invoke("--bench", "shapes", "--images", str(plain_out), "--routing"), "--routing")
+
+
 # ---------------------------------------------------------------- bad input
 def test_bad_inputs_are_one_line_errors(tiny_shapes, tmp_path):
     bad = tmp_path / "meta.jsonl"
