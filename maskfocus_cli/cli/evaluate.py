@@ -163,13 +163,11 @@ def evaluate(ctx, bench, images_dir, prompt_file, categories, model_spec, checkp
                        "clip_arch": arch}
 
     if generating:
+        from maskfocus_cli.engine.routing import make_router
         from maskfocus_cli.models.loading import load_model
         adapter = load_model(model_spec, checkpoint, device, dtype)
-        router = None
-        if routing:
-            from maskfocus_cli.engine.routing import EntropyRouter
-            router = EntropyRouter()
-        generation = runner.Generation(adapter, settings, n=n, seed=seed, batch_size=batch_size, router=router)
+        generation = runner.Generation(adapter, settings, n=n, seed=seed, batch_size=batch_size,
+                                       router=make_router(routing))
         model_info = {"model": model_spec, "checkpoint": str(checkpoint) if checkpoint else None}
 
     with progress() as bar:

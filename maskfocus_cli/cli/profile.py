@@ -87,10 +87,8 @@ def profile_steps(prompt_args, prompts_file, model_spec, checkpoint, device, dty
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
         raise ValueError(f"--embed clip: cannot load open_clip {clip_model!r} from {clip_weights}: {first} "
                          "(check --clip-model names the weights' architecture)") from None
-    router = None
-    if routing:
-        from maskfocus_cli.engine.routing import EntropyRouter
-        router = EntropyRouter()
+    from maskfocus_cli.engine.routing import make_router
+    router = make_router(routing)
 
     def on_prompt(prof) -> None:  # stream each prompt's rows as soon as it is done
         for row in prof.rows():

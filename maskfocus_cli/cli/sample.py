@@ -53,10 +53,8 @@ def sample(prompt_args, prompts_file, model_spec, checkpoint, device, dtype, ste
     out_dir = ensure_writable_dir(out)
     adapter = load_model(model_spec, checkpoint, device, dtype)
     adapter.encode_prompts(sorted(set(prompts)))  # reject bad prompts before any sampling
-    router = None
-    if routing:
-        from maskfocus_cli.engine.routing import EntropyRouter
-        router = EntropyRouter()
+    from maskfocus_cli.engine.routing import make_router
+    router = make_router(routing)
     if layout == "geneval":
         from maskfocus_cli.bench.layout import write_geneval_metadata
         for i, (p, m) in enumerate(zip(prompts, metas)):

@@ -197,9 +197,10 @@ def test_routing_samples_as_rollouts_do_and_is_its_own_run(shapes_run, tiny_shap
     assert routed.exit_code == 0, routed.output
     summary = stdout_json(routed)
     assert summary["routing"] is True and "routing" not in stdout_json(plain)
-    plain_rows, routed_rows = read_results(plain_out / "results.jsonl"), read_results(tmp_path / "R" / "results.jsonl")
-    assert len(routed_rows) == len(plain_rows)
-    differ = [r for r in plain_rows if (plain_out / r["path"]).read_bytes() != (tmp_path / "R" / r["path"]).read_bytes()]
+    plain_rows = read_results(plain_out / "results.jsonl")
+    assert len(read_results(tmp_path / "R" / "results.jsonl")) == len(plain_rows)
+    differ = [r for r in plain_rows
+              if (plain_out / r["path"]).read_bytes() != (tmp_path / "R" / r["path"]).read_bytes()]
     assert differ  # same seeds, but half the batch took exploratory steps
     # routed images are never mixed into a standard run's results
     assert_user_error(invoke(*args, "--routing", "--out", str(plain_out)), "different run", "--fresh")
