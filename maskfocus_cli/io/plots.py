@@ -96,3 +96,41 @@ def compare_reward_curves(runs: dict[str, list[dict]], path: str | Path, title: 
     axes[1].set_yscale("symlog", linthresh=0.01)
     fig.suptitle(title)
     atomic_write_bytes(path, _figure_bytes(fig))
+
+
+def minutes_at_iteration(history: list[dict]) -> dict[int, float]:
+    """Wall minutes spent when ``n`` iterations are done ({0: 0.0, n: ...}), from metrics rows' ``time.total``:
+    checkpoint ``step-n`` is that moment, so held-out scores of checkpoints plot against time."""
+    out, t = {0: 0.0}, 0.0
+    for r in sorted((r for r in history if "iteration" in r), key=lambda r: r["iteration"]):
+        t += r.get("time", {}).get("total", 0.0)
+        out[r["iteration"] + 1] = t / 60
+    return out
+
+
+def heldout_curves(runs: dict[str, list[tuple[float, dict]]], path: str | Path, base: dict | None = None,
+                   tags: tuple[str, ...] = ("counting", "position"), title: str = "") -> None:
+    """Benchmark summaries of a run's checkpoints against wall time: the overall score (with base + 0.15, the
+    "it learns" line, when ``base`` is given) and a few tags. Each run is a list of (minutes, summary)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    styles = ["--", ":", "-.", (0, (1, 3))]
+    for label, points in runs.items():
+        points = sorted(([(0.0, base)] if base else []) + list(points), key=lambda p: p[0])
+        xs = [m for m, _ in points]
+        line, = axes[0].plot(xs, [s["overall"] for _, s in points], "o-", label=label)
+        for tag, style in zip(tags, styles):
+            axes[1].plot(xs, [s.get(tag, float("nan")) for _, s in points], linestyle=style, marker=".",
+                         color=line.get_color(), label=f"{label}: {tag}")
+    if base:
+        axes[0].axhline(base["overall"] + 0.15, color="grey", lw=0.8, ls="--", label="base + 0.15")
+    axes[0].set_xlabel("minutes (time in iterations)")
+    axes[0].set_ylabel("benchmark overall")
+    axes[0].legend(loc="best", fontsize=8)
+    axes[1].set_xlabel("minutes (time in iterations)")
+    axes[1].set_ylabel("benchmark tag score")
+    axes[1].legend(loc="best", fontsize=7)
+    fig.suptitle(title)
+    atomic_write_bytes(path, _figure_bytes(fig))

@@ -2,7 +2,8 @@
 
 import pytest
 
-from maskfocus_cli.io.plots import compare_reward_curves, moving_average, reward_curve, tag_series
+from maskfocus_cli.io.plots import (compare_reward_curves, heldout_curves, minutes_at_iteration, moving_average,
+                                    reward_curve, tag_series)
 
 
 def test_moving_average_by_hand():
@@ -28,5 +29,15 @@ def test_figures_are_png(tmp_path):
     tagged = [dict(r, reward_by_tag={"counting": 0.1 * (i % 3)}) for i, r in enumerate(_history(10, 0.02))]
     tagged[4]["validation"] = {"reward": {"mean": 0.5, "std": 0.1}, "by_tag": {}}
     reward_curve(tagged, tmp_path / "r.png")
-    for name in ("c.png", "r.png"):
+    summary = {"overall": 0.5, "counting": 0.25, "position": 0.5}
+    heldout_curves({"maskfocus": [(3.0, summary), (1.0, dict(summary, overall=0.45))]}, tmp_path / "h.png",
+                   base=dict(summary, overall=0.4))
+    for name in ("c.png", "r.png", "h.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_minutes_at_iteration_by_hand():
+    rows = [{"iteration": 1, "time": {"total": 90.0}}, {"iteration": 0, "time": {"total": 30.0}},
+            {"validation": {}}, {"iteration": 2, "time": {"total": 60.0}}]
+    # step-n is the moment n iterations are done: 30 s, then 30 + 90 s, then + 60 s
+    assert minutes_at_iteration(rows) == pytest.approx({0: 0.0, 1: 0.5, 2: 2.0, 3: 3.0})
