@@ -135,7 +135,7 @@ class TrainConfig:
 class OutputConfig:
     dir: str = opt("runs/maskfocus", "run folder: checkpoints/, metrics.jsonl, samples/, reward.png")
     checkpoint_every: int = opt(10, "iterations between checkpoints", min=1)
-    keep_last: int = opt(3, "checkpoints kept (older ones are deleted)", min=1)
+    keep_last: int = opt(3, "checkpoints kept (older ones are deleted; 0 = keep every one)", min=0)
     sample_every: int = opt(0, "iterations between eval sample grids (0 = only at the end)", min=0)
     validate_every: int = opt(0, "iterations between a validation reward: eval prompts sampled with the standard "
                               "step (no routing, as `evaluate` samples), scored by the rewards; 0 = off", min=0)

@@ -70,6 +70,12 @@ def checkpoint_dirs(run_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name[5:]))
 
 
+def stale_checkpoints(dirs: list[Path], keep_last: int) -> list[Path]:
+    """The oldest of ``dirs`` (sorted by step) beyond the newest ``keep_last``; 0 keeps every one
+    (a held-out curve over the run needs them all: scripts/heldout_curve.py)."""
+    return dirs[:-keep_last] if keep_last > 0 else []
+
+
 def find_resume(run_dir: Path, resume: str | None) -> Path | None:
     """--resume latest|PATH → checkpoint folder (None = fresh run)."""
     if resume is None:
@@ -237,7 +243,7 @@ class Trainer:
 
         if self.acc.is_main_process:
             atomic_dir(final, fill)
-            for old in checkpoint_dirs(self.run_dir)[:-self.recipe.output.keep_last]:
+            for old in stale_checkpoints(checkpoint_dirs(self.run_dir), self.recipe.output.keep_last):
                 shutil.rmtree(old, ignore_errors=True)
         self.acc.wait_for_everyone()
         return final

@@ -63,3 +63,17 @@ def test_missing_and_invalid_files(tmp_path):
 def test_every_field_has_help():
     rows = explain(Recipe)
     assert rows and all(help_ for _, _, help_ in rows)
+
+
+def test_keep_last_zero_keeps_every_checkpoint(tmp_path):
+    from pathlib import Path
+
+    from maskfocus_cli.engine.trainer import stale_checkpoints
+    assert load_recipe(write(tmp_path, "k.yaml", "output:\n  keep_last: 0\n")).output.keep_last == 0
+    with pytest.raises(ConfigError, match="output.keep_last.*minimum"):
+        load_recipe(write(tmp_path, "n.yaml", "output:\n  keep_last: -1\n"))
+    dirs = [Path(f"step-{n}") for n in (1, 2, 3, 4)]
+    assert stale_checkpoints(dirs, 2) == dirs[:2]
+    assert stale_checkpoints(dirs, 4) == []
+    assert stale_checkpoints(dirs, 9) == []
+    assert stale_checkpoints(dirs, 0) == []
