@@ -8,29 +8,14 @@ Each RUN_DIR is a `maskfocus train` output folder (its metrics.jsonl is read).
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
 from maskfocus_cli.io.plots import compare_reward_curves
+from run_args import parse_runs
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("runs", nargs="+", type=Path)
-    ap.add_argument("--labels", default=None, help="comma-separated legend labels (default: folder names)")
-    ap.add_argument("--out", required=True, type=Path)
-    ap.add_argument("--title", default="")
-    args = ap.parse_args()
-    labels = args.labels.split(",") if args.labels else [r.name for r in args.runs]
-    if len(labels) != len(args.runs):
-        ap.error(f"{len(labels)} labels for {len(args.runs)} runs")
-    runs = {}
-    for label, run in zip(labels, args.runs):
-        path = run / "metrics.jsonl"
-        if not path.is_file():
-            ap.error(f"{path} not found: pass `maskfocus train` output folders")
-        runs[label] = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    compare_reward_curves(runs, args.out, args.title)
+    args, runs = parse_runs(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
+    compare_reward_curves({label: history for label, (_, history) in runs.items()}, args.out, args.title)
     print(args.out)
 
 

@@ -80,10 +80,8 @@ def compare_reward_curves(runs: dict[str, list[dict]], path: str | Path, title: 
         rows = [r for r in history if "reward" in r]
         if not rows:
             continue
-        minutes, t = [], 0.0
-        for r in rows:
-            t += r.get("time", {}).get("total", 0.0)
-            minutes.append(t / 60)
+        at = minutes_at_iteration(rows)
+        minutes = [at[r["iteration"] + 1] for r in rows]
         mean = [r["reward"]["mean"] for r in rows]
         smooth = moving_average(mean, max(1, min(20, len(mean) // 10)))
         line, = axes[0].plot(minutes, smooth, lw=2, label=f"{label} ({len(rows)} it.)")

@@ -1,0 +1,27 @@
+"""The command line the run-comparison scripts share: run folders, legend labels, output figure, title."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def parse_runs(ap: argparse.ArgumentParser) -> tuple[argparse.Namespace, dict[str, tuple[Path, list[dict]]]]:
+    """Adds RUN_DIR..., --labels, --out, --title to ``ap``, parses, and reads each run's metrics.jsonl:
+    {label: (run folder, metrics rows)}, or a one-line usage error."""
+    ap.add_argument("runs", nargs="+", type=Path)
+    ap.add_argument("--labels", default=None, help="comma-separated legend labels (default: folder names)")
+    ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--title", default="")
+    args = ap.parse_args()
+    labels = args.labels.split(",") if args.labels else [r.name for r in args.runs]
+    if len(labels) != len(args.runs):
+        ap.error(f"{len(labels)} labels for {len(args.runs)} runs")
+    runs = {}
+    for label, run in zip(labels, args.runs):
+        path = run / "metrics.jsonl"
+        if not path.is_file():
+            ap.error(f"{path} not found: pass `maskfocus train` output folders")
+        runs[label] = (run, [json.loads(line) for line in path.read_text().splitlines() if line.strip()])
+    return args, runs
