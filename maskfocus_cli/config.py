@@ -117,7 +117,8 @@ class TrainConfig:
     clip_high: float = opt(0.2, "ε_high of the asymmetric ratio clip", min=0)
     reduction_steps: int = opt(0, "mask-grpo: optimise only the first R steps (0 = all T)", min=0)
     remask_term: bool = opt(False, "mask-grpo: add log P(re-masked tokens fall below the cut-off)")
-    loss_guidance: bool = opt(True, "score the loss with the rollout's CFG (else conditional only)")
+    loss_guidance: bool = opt(False, "score the loss with the rollout's CFG (else the conditional branch only, "
+                              "as the official MaskFocus code does; under CFG the KL blew up in every probe)")
     seed: int = opt(0, "global seed (prompts, rollouts, step selection)")
     mixed_precision: str = opt("no", "accelerate mixed precision", choices=("no", "bf16", "fp16"))
     lora_rank: int = opt(0, "LoRA rank via peft (0 = full fine-tuning)", min=0)

@@ -115,6 +115,17 @@ def information_gain(similarity: torch.Tensor) -> torch.Tensor:
     return (torch.cat([similarity[..., 1:], ones], -1) - similarity).abs()
 
 
+def shared_gain(similarity: torch.Tensor) -> torch.Tensor:
+    """(B, T) per-image similarity → (T,) gain of the batch-mean similarity.
+
+    The official reduction for one shared step set: average s_t over the images first, then
+    take |Δ|. (The mean of per-image |Δ| differs: an image whose guess dips and recovers adds
+    its wobble twice instead of cancelling; on the shipped shapes base the two pick different
+    sets in most batches.)
+    """
+    return information_gain(similarity.mean(0))
+
+
 def trajectory_gain(traj: Trajectory, embed: StepEmbedder) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample similarity and gain, both (B, T)."""
     s = step_similarity(traj.x0, traj.final, embed)
@@ -205,7 +216,8 @@ def select_steps(selector: StepSelector, total: int, k: int, gain: torch.Tensor 
                  generator: torch.Generator, batch_size: int | None = None) -> torch.Tensor:
     """Apply a selector with a reduction.
 
-    batch:  one shared step set from the batch-mean gain → (k,)
+    batch:  one shared step set from the row-mean of ``gain`` → (k,); for the official
+            reduction pass ``shared_gain(similarity)[None]``
     sample: a step set per image → (B, k); B from ``gain`` or, for gain-free
             selectors, from ``batch_size``
     """

@@ -125,6 +125,7 @@ def maskfocus_step_loss(adapter: MaskedT2IAdapter, net: nn.Module, ref_net: nn.M
     ratio = torch.exp(logp - old)
     per_tok = clipped_surrogate(ratio, adv[:, None], clip_low, clip_high)
     m = masked.float()
+    zero = torch.zeros((), dtype=per_tok.dtype, device=per_tok.device)
     kl_sum = 0.0
     if kl_beta > 0 and ref_net is not None:
         with torch.no_grad():
@@ -138,8 +139,10 @@ def maskfocus_step_loss(adapter: MaskedT2IAdapter, net: nn.Module, ref_net: nn.M
             per_tok = per_tok + kl_beta * (kl.clamp(max=kl_max) if kl_max > 0 else kl)
         else:
             raise ValueError(f"unknown kl_estimator {kl_estimator!r}; use 'k3' or 'full'")
-        kl_sum = float(((kl.detach() * m).sum(1) / m.sum(1).clamp_min(1)).sum())  # logged uncapped
-    per_sample = (per_tok * m).sum(1) / m.sum(1).clamp_min(1)
+        kl_sum = float((torch.where(masked, kl.detach(), zero).sum(1) / m.sum(1).clamp_min(1)).sum())  # uncapped
+    # where(), not a product with the mask: adapters may leave logits at known positions
+    # unspecified, and a NaN/inf there times 0 would still poison the sum
+    per_sample = torch.where(masked, per_tok, zero).sum(1) / m.sum(1).clamp_min(1)
     clipped = ((ratio < 1 - clip_low) | (ratio > 1 + clip_high)) & masked
     return StepLoss(per_sample.sum(), logp.detach(), kl_sum, float(clipped.sum()), float(m.sum()))
 
@@ -152,14 +155,14 @@ def mask_grpo_step_loss(adapter: MaskedT2IAdapter, net: nn.Module, state: torch.
     """Mask-GRPO estimator for one replayed step: log π(s_{t+1} | s_t) per sample."""
     logp_all = step_log_probs(adapter, state, cond, uncond, step, settings, net=net, temperature=temperature)
     tok = logp_all.gather(-1, x0.unsqueeze(-1)).squeeze(-1)
-    lp = (tok * newly).sum(1)
+    lp = torch.where(newly.bool(), tok, torch.zeros_like(tok)).sum(1)
     if remask_term:
         # tokens that stayed masked: log P(their confidence falls below the step's cut-off),
         # with the cut-off stored as a float (the published code kept it in a bool tensor).
         stayed = (state == adapter.mask_id) & (next_state == adapter.mask_id)
         below = (logp_all < threshold[:, None, None]).float()
         mass = (logp_all.exp() * below).sum(-1).clamp_min(1e-12).log()
-        lp = lp + (mass * stayed).sum(1)
+        lp = lp + torch.where(stayed, mass, torch.zeros_like(mass)).sum(1)
     old = lp.detach() if old_logp is None else old_logp
     ratio = torch.exp(lp - old)
     per_sample = clipped_surrogate(ratio, adv, clip_low, clip_high)

@@ -16,7 +16,8 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from maskfocus_cli.engine.critical import InfoGainSelector, StepEmbedder, select_steps, trajectory_gain
+from maskfocus_cli.engine.critical import (InfoGainSelector, StepEmbedder, select_steps, shared_gain,
+                                           trajectory_gain)
 from maskfocus_cli.engine.generate import Job, make_jobs
 from maskfocus_cli.engine.sampling import PromptEncoder, Router, SamplerSettings, Trajectory, mask_counts, sample
 from maskfocus_cli.models.base import MaskedT2IAdapter
@@ -48,14 +49,19 @@ class PromptProfile:
     gain: torch.Tensor  #: |s_{t+1} − s_t| per image and step
     entropy: torch.Tensor  #: mean per-token entropy over the positions masked at the step's input (nats)
     explore: torch.Tensor | None  #: routing decisions (bool) when profiled with a router
-    critical: torch.Tensor  #: (k,) sorted steps chosen for this prompt (top-k of its batch-mean gain)
+    critical: torch.Tensor  #: (k,) sorted steps chosen for this prompt (top-k of ``batch_gain``)
     mask_ratio: list[float]  #: fraction of tokens masked at the input of each step
     strip: torch.Tensor | None = None  #: (T, 3, h, w) decoded x̂0 of image 0 at every step (thumbnails)
 
+    @property
+    def batch_gain(self) -> torch.Tensor:
+        """(T,) gain of the images' mean similarity: what picks this prompt's steps (as in training)."""
+        return shared_gain(self.similarity)
+
     def rows(self) -> list[dict]:
-        """One JSON-able row per step (means over the prompt's images)."""
+        """One JSON-able row per step (means over the prompt's images; gain of the mean similarity)."""
         crit = set(self.critical.tolist())
-        sim, gain, ent = self.similarity.mean(0), self.gain.mean(0), self.entropy.mean(0)
+        sim, gain, ent = self.similarity.mean(0), self.batch_gain, self.entropy.mean(0)
         sim_std = self.similarity.std(0, unbiased=False)
         out = []
         for t in range(self.similarity.shape[1]):
@@ -84,7 +90,8 @@ class ProfileResult:
 
     @property
     def mean_gain(self) -> torch.Tensor:
-        return self._stack("gain").mean(0)
+        """(T,) per-prompt ``batch_gain`` averaged over prompts."""
+        return torch.stack([p.batch_gain for p in self.prompts]).mean(0)
 
     @property
     def mean_similarity(self) -> torch.Tensor:
@@ -229,8 +236,9 @@ def _finish(index: int, prompt: str, p: _Pending, n: int, result: ProfileResult,
             routed: bool) -> PromptProfile:
     order = range(n)
     gain = torch.stack([p.gain[j] for j in order])
-    critical = select_steps(selector, result.steps, result.top_k, gain, "batch", gen)
-    return PromptProfile(index=index, prompt=prompt, similarity=torch.stack([p.sim[j] for j in order]),
+    sim = torch.stack([p.sim[j] for j in order])
+    critical = select_steps(selector, result.steps, result.top_k, shared_gain(sim)[None], "batch", gen)
+    return PromptProfile(index=index, prompt=prompt, similarity=sim,
                          gain=gain, entropy=torch.stack([p.ent[j] for j in order]),
                          explore=torch.stack([p.explore[j] for j in order]) if routed else None,
                          critical=critical, mask_ratio=result.mask_ratio, strip=p.strip)

@@ -29,7 +29,8 @@ import torch
 from torch import nn
 
 from maskfocus_cli.config import Recipe, to_dict
-from maskfocus_cli.engine.critical import make_embedder, make_selector, select_steps, trajectory_gain
+from maskfocus_cli.engine.critical import (make_embedder, make_selector, select_steps, shared_gain,
+                                           trajectory_gain)
 from maskfocus_cli.engine.data import load_prompt_source, prompt_weights
 from maskfocus_cli.engine.grpo import group_advantages, mask_grpo_step_loss, maskfocus_step_loss, random_remask
 from maskfocus_cli.engine.routing import make_router
@@ -126,6 +127,7 @@ class Trainer:
             self.adapter.transformer = add_lora(self.adapter, self.cfg.lora_rank, derive_seed(self.cfg.seed, "lora"))
         else:
             self.adapter.transformer.requires_grad_(True)
+            self._keep_fp32_weights()
         self.policy = self.adapter.transformer
         self.policy.train()
         self.reference = None
@@ -167,6 +169,22 @@ class Trainer:
                                       fidelity=recipe.data.caption_fidelity or None)
 
     # ------------------------------------------------------------------ set-up helpers
+    def _keep_fp32_weights(self) -> None:
+        """Full fine-tuning updates the weights themselves, so they stay fp32.
+
+        In bf16 an AdamW step of lr·1 is below half a unit in the last place for every weight
+        larger than ~256·lr (5e-4 at the published lr 2e-6) and rounds away: ~97% of the
+        weights would never move. Low precision still serves where it is safe:
+        ``train.mixed_precision`` (autocast) and ``train.rollout_dtype`` (rollout copy).
+        LoRA is unaffected (peft keeps its adapter weights fp32).
+        """
+        low = sorted({str(p.dtype).removeprefix("torch.") for p in self.adapter.transformer.parameters()
+                      if p.is_floating_point() and p.dtype != torch.float32})
+        if low:
+            self.adapter.transformer.float()
+            self.log(f"full fine-tuning: {'/'.join(low)} weights upcast to fp32 (a low-precision weight ignores "
+                     "small updates); use train.mixed_precision / train.rollout_dtype for speed, or LoRA for memory")
+
     def _gather_entropies(self, values: torch.Tensor) -> torch.Tensor:
         """Every rank's per-sample entropies (ranks hold equal shares: k-repeat split)."""
         return self.acc.gather(values.contiguous().to(self.acc.device)).to(values.device)
@@ -477,15 +495,15 @@ class Trainer:
         b = sub.final.shape[0]
         gain = None
         if self.selector.needs_gain:
-            gain = trajectory_gain(sub, self.embedder)[1] if b else None
-            if shared:  # the mean over the whole rollout batch, so every rank (and one process) agrees
-                total = gain.detach().cpu().double().sum(0) if gain is not None else torch.zeros(T, dtype=torch.float64)
+            sim, gain = trajectory_gain(sub, self.embedder) if b else (None, None)
+            if shared:  # the gain of the whole rollout batch's mean similarity (official), alike on every rank
+                total = sim.detach().cpu().double().sum(0) if sim is not None else torch.zeros(T, dtype=torch.float64)
                 count = torch.tensor([float(b)], dtype=torch.float64)
                 if self.acc.num_processes > 1:
                     dev = self.acc.device
                     total = self.acc.reduce(total.to(dev), "sum").cpu()
                     count = self.acc.reduce(count.to(dev), "sum").cpu()
-                gain = (total / count.clamp_min(1.0)).float()[None]
+                gain = shared_gain((total / count.clamp_min(1.0)).float()[None])[None]
         if b == 0 and not shared:  # nothing kept on this rank: any k steps (only dummy passes run)
             return torch.arange(min(self.recipe.critical.k, T))
         # a shared step set is drawn alike on every rank; per-sample sets per rank
@@ -578,9 +596,12 @@ class Trainer:
                     for g in global_idx]
             final = sub.final[rows]
             masked = random_remask(final, sub.counts[t], gens)
-            res = maskfocus_step_loss(self.adapter, self.net, self.reference, final, masked, c, u, info, adv,
-                                      settings, old.get(key), cfg.kl_beta, cfg.clip_low, cfg.clip_high,
-                                      cfg.kl_max, cfg.kl_estimator)
+            # under mixed precision the prepared policy runs autocast; the reference must too, or
+            # their precision gap reads as KL (1.7e-5 at iteration 0 with identical weights)
+            with self.acc.autocast():
+                res = maskfocus_step_loss(self.adapter, self.net, self.reference, final, masked, c, u, info, adv,
+                                          settings, old.get(key), cfg.kl_beta, cfg.clip_low, cfg.clip_high,
+                                          cfg.kl_max, cfg.kl_estimator)
         if epoch == 0:
             old[key] = res.logp
         return res

@@ -134,19 +134,21 @@ def hand_profile(index, gain, sim, ent, critical):
 def test_profile_result_aggregates_by_hand():
     res = ProfileResult(steps=4, top_k=2, mask_ratio=[1.0, 0.75, 0.5, 0.25])
     # prompt 0: 2 images; prompt 1: 2 images (means per prompt first, then over prompts)
-    res.prompts.append(hand_profile(0, [[0.4, 0.2, 0.0, 0.0], [0.2, 0.2, 0.2, 0.0]],
-                                    [[0.5, 0.9, 1.0, 1.0]] * 2, [[2.0, 1.0, 1.0, 0.0]] * 2, [0, 1]))
-    res.prompts.append(hand_profile(1, [[0.0, 0.1, 0.5, 0.0], [0.0, 0.1, 0.3, 0.0]],
+    res.prompts.append(hand_profile(0, [[0.4, 0.1, 0.2, 0.0], [0.2, 0.5, 0.0, 0.0]],
+                                    [[0.5, 0.9, 0.8, 1.0], [0.7, 0.5, 1.0, 1.0]], [[2.0, 1.0, 1.0, 0.0]] * 2, [0, 1]))
+    res.prompts.append(hand_profile(1, [[0.0, 0.4, 0.5, 0.0]] * 2,
                                     [[0.1, 0.1, 0.5, 1.0]] * 2, [[4.0, 3.0, 1.0, 0.0]] * 2, [1, 2]))
-    # per-prompt mean gains: [0.3, 0.2, 0.1, 0] and [0, 0.1, 0.4, 0] -> mean [0.15, 0.15, 0.25, 0]
-    torch.testing.assert_close(res.mean_gain, torch.tensor([0.15, 0.15, 0.25, 0.0]))
-    torch.testing.assert_close(res.mean_similarity, torch.tensor([0.3, 0.5, 0.75, 1.0]))
+    # a prompt's gain is that of its images' mean similarity (official): prompt 0 [0.6, 0.7, 0.9, 1] ->
+    # [0.1, 0.2, 0.1, 0] (the mean of per-image |Δ| would be [0.3, 0.3, 0.1, 0]); prompt 1 [0, 0.4, 0.5, 0]
+    torch.testing.assert_close(res.prompts[0].batch_gain, torch.tensor([0.1, 0.2, 0.1, 0.0]))
+    torch.testing.assert_close(res.mean_gain, torch.tensor([0.05, 0.3, 0.3, 0.0]))
+    torch.testing.assert_close(res.mean_similarity, torch.tensor([0.35, 0.4, 0.7, 1.0]))
     torch.testing.assert_close(res.mean_entropy, torch.tensor([3.0, 2.0, 1.0, 0.0]))
     assert res.selection_frequency.tolist() == [1, 2, 1, 0]
-    assert res.critical_steps.tolist() == [0, 2]  # 0.25 first, then the tie 0.15/0.15 goes to step 0
-    assert res.gain_concentration == pytest.approx(0.4 / 0.55)
+    assert res.critical_steps.tolist() == [1, 2]
+    assert res.gain_concentration == pytest.approx(0.6 / 0.65)
     s = res.summary(model="m", embed="codebook")
-    assert s["critical_steps"] == [0, 2] and s["selection_frequency"] == [1, 2, 1, 0]
+    assert s["critical_steps"] == [1, 2] and s["selection_frequency"] == [1, 2, 1, 0]
     assert s["model"] == "m" and s["num_prompts"] == 2
 
 

@@ -267,3 +267,25 @@ def test_explain_shows_what_a_recipe_resolves_to(tmp_path, tiny_shapes_dir):
     assert row["train.kl_beta"][0] == "0.125" and row["train.group_size"][0] == "4"  # --set and base:
     res = CliRunner().invoke(main, ["train", "--explain"], env={"COLUMNS": "200"})
     assert res.exit_code == 0 and "train.lr" in res.output
+
+
+def test_low_precision_weights_train_in_fp32_and_the_reference_shares_autocast(tmp_path, tiny_shapes_dir):
+    """model.dtype bf16 with full fine-tuning: weights are upcast (bf16 would drop small updates), and
+    under mixed precision the reference runs autocast like the policy, so iteration 0's KL is exactly 0.
+    A subprocess: accelerate's mixed-precision state is per process."""
+    import subprocess
+    import sys
+    recipe = recipe_file(tmp_path, tiny_shapes_dir, out="mp")
+    proc = subprocess.run([sys.executable, "-m", "maskfocus_cli", "train", str(recipe), "--set", "model.dtype=bf16",
+                           "--set", "train.mixed_precision=bf16", "--set", "train.iterations=2",
+                           "--set", "train.lr=1e-5"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "upcast to fp32" in proc.stderr
+    rows = [json.loads(l) for l in (tmp_path / "mp" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["kl"] == 0.0 and all(math.isfinite(r["loss"]) for r in rows)
+    after = read_weights(tmp_path / "mp" / "checkpoints" / "step-2" / "model.safetensors")
+    base = read_weights(tiny_shapes_dir / "model.safetensors")
+    assert all(v.dtype == torch.float32 for v in after.values())
+    # at lr 1e-5 a bf16 weight would keep ~all of its values; fp32 weights move nearly everywhere
+    moved = sum(int((after[k] != base[k]).sum()) for k in base) / sum(v.numel() for v in base.values())
+    assert moved > 0.5

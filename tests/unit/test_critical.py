@@ -8,7 +8,7 @@ import torch
 from maskfocus_cli.engine.critical import (AllSelector, ClipEmbedder, CodebookEmbedder, FirstSelector,
                                            InfoGainSelector, LastSelector, PixelEmbedder, RandomSelector,
                                            UniformSelector, information_gain, make_embedder, make_selector,
-                                           select_steps, step_similarity, trajectory_gain)
+                                           select_steps, shared_gain, step_similarity, trajectory_gain)
 from maskfocus_cli.engine.sampling import Trajectory
 
 # Fixed codebook (K = 6, C = 3): cosines between grids are sums of small integers.
@@ -218,3 +218,13 @@ def test_pixel_similarity_of_a_uniform_final_image_is_one(toy):
                                       threshold=torch.zeros(1, 1), explore=torch.zeros(1, 1, dtype=torch.bool),
                                       final=final, counts=[4, 0]), PixelEmbedder(toy))
     assert float(s[0, -1]) == pytest.approx(1.0) and float(g[0, -1]) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_shared_gain_is_the_gain_of_the_mean_similarity():
+    # image 0 dips at step 1 and recovers; image 1 rises steadily. Mean s = [0.5, 0.6, 0.9]
+    sim = torch.tensor([[0.6, 0.4, 0.9], [0.4, 0.8, 0.9]])
+    torch.testing.assert_close(shared_gain(sim), torch.tensor([0.1, 0.3, 0.1]))
+    # the mean of per-image gains ([0.2, 0.5, 0.1] and [0.4, 0.1, 0.1]) would pick step 0 for k = 1
+    per_image = information_gain(sim).mean(0)
+    assert select_steps(InfoGainSelector(), 3, 1, per_image[None], "batch", G).tolist() == [0]
+    assert select_steps(InfoGainSelector(), 3, 1, shared_gain(sim)[None], "batch", G).tolist() == [1]

@@ -234,3 +234,93 @@ def test_maskfocus_full_kl_is_zero_at_the_reference_and_positive_away(toy):
     assert away.kl_sum == pytest.approx(float(want), rel=1e-5) and away.kl_sum > 0
     with pytest.raises(ValueError, match="kl_estimator"):
         maskfocus_step_loss(*args[:2], ref, *args[3:], kl_beta=0.5, kl_estimator="k2")
+
+
+def _shifted_reference(toy, by: float = 0.3):
+    import copy
+    ref = copy.deepcopy(toy.transformer)
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.add_(by)
+    return ref
+
+
+def test_maskfocus_kl_term_by_hand_and_it_pulls_toward_the_reference(toy):
+    """With A = 0 the loss is β · mean_masked k3(π_ref‖π_θ): value, gradient and direction by hand."""
+    final, cond, uncond, settings = _setup(toy)
+    masked = torch.tensor([[True, False, True, True], [True, True, False, False]])
+    ref = _shifted_reference(toy)
+    step, beta = StepInfo(1, 4, 0.75), 0.5
+    params = list(toy.transformer.parameters())
+    res = maskfocus_step_loss(toy, toy.transformer, ref, final, masked, cond, uncond, step, torch.zeros(2),
+                              settings, kl_beta=beta)
+    inp = final.masked_fill(masked, toy.mask_id)
+    lp = step_log_probs(toy, inp, cond, uncond, step, settings).gather(-1, final[..., None])[..., 0]
+    with torch.no_grad():
+        lr = step_log_probs(toy, inp, cond, uncond, step, settings, net=ref).gather(-1, final[..., None])[..., 0]
+    d = lr - lp  # log π_ref − log π_θ: k3 = e^d − d − 1 (the argument order matters: e^{−d} + d − 1 differs)
+    per_sample = ((torch.exp(d) - d - 1) * masked).sum(1) / masked.sum(1)
+    torch.testing.assert_close(res.loss_sum, beta * per_sample.sum())
+    assert res.kl_sum == pytest.approx(float(per_sample.sum().detach()), rel=1e-5)
+    grads = torch.autograd.grad(res.loss_sum, params)
+    for a, b in zip(grads, torch.autograd.grad(beta * per_sample.sum(), params)):
+        torch.testing.assert_close(a, b)
+    # a small gradient step on the loss moves the policy toward the reference: the KL falls
+    with torch.no_grad():
+        for p, g in zip(params, grads):
+            p.sub_(0.05 * g)
+    after = maskfocus_step_loss(toy, toy.transformer, ref, final, masked, cond, uncond, step, torch.zeros(2),
+                                settings, kl_beta=beta)
+    assert after.kl_sum < res.kl_sum
+
+
+class _NaNAtKnown:
+    """Wraps an adapter: logits at known (unmasked) positions are NaN, as the adapter protocol allows."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def call_transformer(self, net, tokens, cond, step):
+        out = self.inner.call_transformer(net, tokens, cond, step)
+        return out.masked_fill((tokens != self.inner.mask_id)[..., None], float("nan"))
+
+    def logits(self, tokens, cond, step, uncond=None, guidance_scale=0.0, net=None):
+        return type(self.inner).logits(self, tokens, cond, step, uncond, guidance_scale, net)
+
+
+def test_unspecified_logits_at_known_positions_do_not_reach_either_loss(toy):
+    final, cond, uncond, settings = _setup(toy)
+    nan_toy = _NaNAtKnown(toy)
+    masked = torch.tensor([[True, False, True, True], [False, True, True, False]])
+    ref = _shifted_reference(toy)
+    res = maskfocus_step_loss(nan_toy, toy.transformer, ref, final, masked, cond, uncond, StepInfo(1, 4, 0.75),
+                              torch.tensor([1.0, -1.0]), settings, kl_beta=0.1)
+    assert torch.isfinite(res.loss_sum) and math.isfinite(res.kl_sum)
+    m = toy.mask_id
+    state = torch.tensor([[m, 1, m, m], [m, 2, m, m]])
+    nxt = torch.tensor([[0, 1, m, 3], [m, 2, 0, m]])
+    newly = (state == m) & (nxt != m)
+    res = mask_grpo_step_loss(nan_toy, toy.transformer, state, nxt, final, newly, torch.full((2,), -1.5), cond,
+                              uncond, StepInfo(1, 4, 0.75), torch.tensor([1.0, -1.0]), settings, remask_term=True)
+    assert torch.isfinite(res.loss_sum) and torch.isfinite(res.logp).all()
+
+
+def test_mask_grpo_default_clip_is_asymmetric_0_1_below_0_2_above(toy):
+    _, cond, uncond, settings = _setup(toy)
+    m = toy.mask_id
+    state = torch.full((2, 4), m)
+    x0 = torch.tensor([[0, 1, 2, 3], [4, 2, 0, 1]])
+    nxt = torch.tensor([[0, m, m, 3], [m, 2, 0, m]])
+    newly = nxt != m
+    args = (toy, toy.transformer, state, nxt, x0, newly, torch.zeros(2), cond, uncond, StepInfo(0, 4, 1.0))
+    lp = mask_grpo_step_loss(*args, torch.ones(2), settings).logp
+
+    def clipped(ratio: float, adv: float) -> float:
+        return mask_grpo_step_loss(*args, torch.full((2,), adv), settings,
+                                   old_logp=lp - math.log(ratio)).clip_count
+
+    # ratio 1.15 is inside [0.9, 1.2], 1.25 above it, 0.85 below it (a symmetric 0.2 would keep 0.85)
+    assert clipped(1.15, 1.0) == 0 and clipped(1.25, 1.0) == 2 and clipped(0.85, -1.0) == 2
