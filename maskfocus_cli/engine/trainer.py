@@ -443,8 +443,11 @@ class Trainer:
                 grad_norm = self._clip()
                 self.optimizer.step()
                 self._sync_rollout_net()
-                if epoch == 0:
-                    stats.update(e_stats)
+                if epoch == 0:  # loss and KL of the on-policy pass; clipping counts every pass (it bites
+                    stats.update(e_stats)  # only from the second on, where the ratio has moved)
+                else:
+                    stats["clipped"] += e_stats["clipped"]
+                    stats["elements"] += e_stats["elements"]
                 stats["grad_norm"] = grad_norm
         stats = self._reduce_stats(stats)
         times["loss"] = time.perf_counter() - t2

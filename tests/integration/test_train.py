@@ -289,3 +289,17 @@ def test_low_precision_weights_train_in_fp32_and_the_reference_shares_autocast(t
     # at lr 1e-5 a bf16 weight would keep ~all of its values; fp32 weights move nearly everywhere
     moved = sum(int((after[k] != base[k]).sum()) for k in base) / sum(v.numel() for v in base.values())
     assert moved > 0.5
+
+
+@pytest.mark.parametrize("algorithm", ["maskfocus", "mask-grpo"])
+def test_inner_epochs_reuse_the_rollouts_against_cached_old_logprobs(tmp_path, tiny_shapes_dir, algorithm):
+    """Epoch 2 compares the moved policy with epoch 0's cached log-probs on the *same* re-masked grids:
+    with lr 0 every ratio is exactly 1 (nothing clipped), with a large lr the clip bites."""
+    frozen = Trainer(load_recipe(recipe_file(tmp_path, tiny_shapes_dir, algorithm, out="lr0"),
+                                 ["train.inner_epochs=2", "train.lr=0", "train.iterations=2"])).run()
+    assert all(r["clip_fraction"] == 0.0 for r in frozen)
+    moving = Trainer(load_recipe(recipe_file(tmp_path, tiny_shapes_dir, algorithm, out="lr"),
+                                 ["train.inner_epochs=2", "train.lr=0.05", "train.iterations=2",
+                                  "train.grad_clip=0"])).run()
+    assert any(r["clip_fraction"] > 0 for r in moving)
+    assert all(math.isfinite(r["loss"]) for r in moving)
