@@ -23,9 +23,9 @@ class ConfigError(ValueError):
 
 
 def opt(default: Any, help: str, *, choices: tuple | None = None, min: float | None = None,
-        max: float | None = None, factory: Any = None) -> Any:
-    """A dataclass field with its help text and constraints."""
-    meta = {"help": help, "choices": choices, "min": min, "max": max}
+        max: float | None = None, factory: Any = None, length: int | None = None) -> Any:
+    """A dataclass field with its help text and constraints (``length``: of a tuple value)."""
+    meta = {"help": help, "choices": choices, "min": min, "max": max, "length": length}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -102,7 +102,7 @@ class TrainConfig:
     micro_batch: int = opt(16, "images per forward/backward in the loss (memory knob)", min=1)
     inner_epochs: int = opt(1, "optimiser passes over one rollout batch (>1 makes clipping bite)", min=1)
     lr: float = opt(1e-4, "AdamW learning rate", min=0)
-    betas: tuple = opt((0.9, 0.999), "AdamW betas")
+    betas: tuple = opt((0.9, 0.999), "AdamW betas", length=2)
     weight_decay: float = opt(0.0, "AdamW weight decay", min=0)
     warmup: int = opt(0, "linear warm-up iterations", min=0)
     lr_schedule: str = opt("constant", "after warm-up", choices=("constant", "cosine"))
@@ -113,7 +113,8 @@ class TrainConfig:
     kl_estimator: str = opt("k3", "maskfocus KL to the reference: k3 (the paper's, on the image's tokens) | "
                             "full (exact KL over the codebook at each masked position: no sampling noise, "
                             "no blow-up on tokens only explored rollouts drew)", choices=("k3", "full"))
-    clip_low: float = opt(0.1, "ε_low of the asymmetric ratio clip", min=0)
+    clip_low: float = opt(0.1, "ε_low of the asymmetric ratio clip (below 1: the ratio's floor is 1 − ε_low)",
+                          min=0, max=0.999)
     clip_high: float = opt(0.2, "ε_high of the asymmetric ratio clip", min=0)
     reduction_steps: int = opt(0, "mask-grpo: optimise only the first R steps (0 = all T)", min=0)
     remask_term: bool = opt(False, "mask-grpo: add log P(re-masked tokens fall below the cut-off)")
@@ -234,6 +235,9 @@ def build(cls: type, data: dict, where: str = "") -> Any:
             continue
         v = _convert(value, hints[name], key)
         meta = f.metadata
+        _check_finite(v, key)
+        if meta.get("length") is not None and isinstance(v, tuple) and len(v) != meta["length"]:
+            raise ConfigError(f"{key}: expected {meta['length']} values, got {len(v)} ({list(v)})")
         if meta.get("choices") and v not in meta["choices"]:
             raise ConfigError(f"{key}: {v!r} is not one of {', '.join(map(str, meta['choices']))}")
         if meta.get("min") is not None and isinstance(v, (int, float)) and v < meta["min"]:
@@ -242,6 +246,14 @@ def build(cls: type, data: dict, where: str = "") -> Any:
             raise ConfigError(f"{key}: {v} is above the maximum {meta['max']}")
         kwargs[name] = v
     return cls(**kwargs)
+
+
+def _check_finite(v: Any, key: str) -> None:
+    """NaN / inf pass every min/max comparison, so they are refused here, once for all numbers."""
+    import math
+    values = v if isinstance(v, tuple) else (v,)
+    if any(isinstance(x, float) and not math.isfinite(x) for x in values):
+        raise ConfigError(f"{key}: {v!r} is not a finite number")
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -262,7 +274,9 @@ def read_yaml(path: Path, _seen: tuple = ()) -> dict:
     if path.resolve() in _seen:
         raise ConfigError(f"{path}: 'base:' chain loops back to itself")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text (save the recipe as UTF-8)") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(data, dict):

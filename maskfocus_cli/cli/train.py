@@ -44,7 +44,13 @@ def train(recipe, overrides, resume, out, explain) -> None:
                 value = "" if dataclasses.is_dataclass(v) else repr(v)  # a section heading
                 changed = value not in ("", default)
                 table.add_row(key, f"[bold]{value}[/bold]" if changed else value, default, help_)
-        stderr.print(table)
+        import shutil
+        import sys
+
+        from rich.console import Console
+        # the table is what was asked for: stdout (pipe it to grep); wide enough not to cut the help text
+        width = None if sys.stdout.isatty() else max(160, shutil.get_terminal_size().columns)
+        Console(file=sys.stdout, width=width).print(table)
         return
     if recipe is None:
         raise ValueError("give a recipe: maskfocus train recipes/shapes-maskfocus.yaml (see --explain)")
@@ -58,6 +64,7 @@ def train(recipe, overrides, resume, out, explain) -> None:
     from maskfocus_cli.io.plots import reward_curve
 
     trainer = Trainer(cfg, log=lambda m: stderr.print(f"[yellow]{m}"))
+    trainer.start(resume)  # folder / resume problems: a one-line error before any progress output
     main = trainer.acc.is_main_process
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),

@@ -64,6 +64,9 @@ def mask_counts(num_tokens: int, total: int, schedule: Schedule = "cosine") -> l
     n_mask = floor(N r_t), at most (#masked - 1), at least 1; 0 after the last step.
     Deterministic in (N, T, schedule), so shared by every sample of a batch.
     """
+    if total > num_tokens:  # the clamp would leave steps that unmask nothing new, idle but still "critical"
+        raise ValueError(f"{total} sampling steps for {num_tokens} image tokens: every step must unmask at least "
+                         f"one token (use at most {num_tokens} steps)")
     counts = [num_tokens]
     for t in range(total):
         if t == total - 1:

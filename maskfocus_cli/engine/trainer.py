@@ -20,6 +20,7 @@ import math
 import random
 import shutil
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +36,7 @@ from maskfocus_cli.engine.data import load_prompt_source, prompt_weights
 from maskfocus_cli.engine.grpo import group_advantages, mask_grpo_step_loss, maskfocus_step_loss, random_remask
 from maskfocus_cli.engine.routing import make_router
 from maskfocus_cli.engine.sampling import (PromptEncoder, SamplerSettings, Trajectory, make_generators, sample,
-                                           step_info)
+                                           mask_counts, step_info)
 from maskfocus_cli.io.checkpoint import CheckpointError, atomic_dir, atomic_write_json, read_json, save_weights
 from maskfocus_cli.models.base import MaskedT2IAdapter, index_cond
 
@@ -91,6 +92,33 @@ def find_resume(run_dir: Path, resume: str | None) -> Path | None:
     return p
 
 
+#: recipe keys a resumed run may change: how long it runs and what it writes, never what it computes
+RESUME_FREE = ("train.iterations", "train.time_budget_minutes", "output.", "data.eval_prompts",
+               "data.num_eval_prompts", "data.num_validation_prompts", "eval_sampler")
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def recipe_changes(saved: dict, now: dict) -> list[str]:
+    """'key: saved → now' for every field that differs and would change what a resumed run computes."""
+    a, b = _flatten(saved), _flatten(now)
+    keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and not k.startswith(RESUME_FREE))
+    return [f"{k}: {a.get(k)!r} → {b.get(k)!r}" for k in keys]
+
+
+def holds_run(run_dir: Path) -> bool:
+    """A run folder with checkpoints or metrics: a fresh run there would overwrite and mix them."""
+    return bool(checkpoint_dirs(run_dir)) or (run_dir / "metrics.jsonl").is_file()
+
+
 @dataclass
 class RunState:
     iteration: int = 0  #: iterations completed
@@ -109,8 +137,11 @@ class Trainer:
         self.recipe = recipe
         self.cfg = recipe.train
         self.log = log or (lambda msg: None)
-        self.acc = accelerator or Accelerator(mixed_precision=self.cfg.mixed_precision,
-                                              cpu=not torch.cuda.is_available())
+        if accelerator is None:
+            from maskfocus_cli.models.loading import resolve_device
+            device = resolve_device(recipe.model.device)  # a bad value or a missing GPU: a clear error
+            accelerator = Accelerator(mixed_precision=self.cfg.mixed_precision, cpu=device.type == "cpu")
+        self.acc = accelerator
         self.run_dir = Path(recipe.output.dir)
         if self.cfg.algorithm != "pretrain":
             if self.cfg.group_size < 2:
@@ -144,8 +175,11 @@ class Trainer:
         self.net, self.optimizer = self.acc.prepare(self.policy, self.optimizer)
         self.settings = sampler_settings(recipe.sampler)
         self.eval_settings = sampler_settings(recipe.eval_sampler or recipe.sampler)
+        for st in (self.settings, self.eval_settings):  # too many steps for the image: refuse now, not mid-run
+            mask_counts(self.adapter.num_tokens, st.steps, st.schedule)
         self.encoder = PromptEncoder(self.adapter)
         self.state = RunState()
+        self._started = False
         if self.cfg.algorithm != "pretrain":
             self.prompts = load_prompt_source(recipe.data.prompts)
             self.prompt_weights = prompt_weights(self.prompts, recipe.data.tag_weights, recipe.data.prompts)
@@ -302,18 +336,47 @@ class Trainer:
                 f.write(json.dumps(row) + "\n")
 
     # ------------------------------------------------------------------ the loop
+    def start(self, resume: str | None = None) -> None:
+        """Check / create the run folder and load the checkpoint to resume from; once per run.
+
+        The CLI calls it before its progress display, so a refused folder or recipe is a clean
+        one-line error; ``run`` calls it otherwise.
+        """
+        if self._started:
+            return
+        if self.acc.is_main_process:
+            try:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise ValueError(f"cannot write to the run folder {self.run_dir}: {e.strerror or e} (choose a "
+                                 "writable folder with --out or output.dir)") from None
+        ckpt = find_resume(self.run_dir, resume)
+        if ckpt is not None:
+            saved = read_json(ckpt / "trainer.json").get("recipe")
+            changes = recipe_changes(saved, to_dict(self.recipe)) if isinstance(saved, dict) else []
+            if changes:
+                more = f" (+{len(changes) - 3} more)" if len(changes) > 3 else ""
+                raise CheckpointError(f"--resume {ckpt}: the recipe differs from the run's ({'; '.join(changes[:3])}"
+                                      f"{more}); resume with the run's recipe ({self.run_dir / 'recipe.json'}) "
+                                      "or start a new run with another --out")
+            self.load_checkpoint(ckpt)
+            self.log(f"resumed from {ckpt} at iteration {self.state.iteration}")
+        else:
+            if resume == "latest":
+                self.log(f"no checkpoint in {self.run_dir / 'checkpoints'}: starting a new run")
+            elif holds_run(self.run_dir):
+                raise CheckpointError(f"{self.run_dir} already holds a run (checkpoints / metrics.jsonl): continue "
+                                      "it with --resume latest, or choose a new --out (output.dir)")
+            if self.acc.is_main_process and (self.run_dir / "metrics.jsonl").exists():
+                (self.run_dir / "metrics.jsonl").unlink()
+        if self.acc.is_main_process:
+            atomic_write_json(self.run_dir / "recipe.json", to_dict(self.recipe))
+        self._started = True
+
     def run(self, resume: str | None = None, stop_after: int | None = None,
             on_iteration: Callable[[dict], None] | None = None) -> list[dict]:
         """Train until ``train.iterations`` (or ``stop_after`` more iterations); returns metrics rows."""
-        ckpt = find_resume(self.run_dir, resume)
-        if ckpt is not None:
-            self.load_checkpoint(ckpt)
-            self.log(f"resumed from {ckpt} at iteration {self.state.iteration}")
-        elif self.acc.is_main_process and (self.run_dir / "metrics.jsonl").exists():
-            (self.run_dir / "metrics.jsonl").unlink()
-        if self.acc.is_main_process:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(self.run_dir / "recipe.json", to_dict(self.recipe))
+        self.start(resume)
         end = self.cfg.iterations if stop_after is None else min(self.cfg.iterations,
                                                                  self.state.iteration + stop_after)
         started = time.monotonic()
@@ -333,7 +396,9 @@ class Trainer:
                 row["validation"] = self.validation_reward()
             row["iteration"] = it
             row["lr"] = self.scheduler.get_last_lr()[0]
-            self.scheduler.step()
+            with warnings.catch_warnings():  # the schedule follows iterations, also those whose groups all
+                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")  # tied
+                self.scheduler.step()
             self.state.iteration = it + 1
             self._append_metrics(row)
             if on_iteration is not None:

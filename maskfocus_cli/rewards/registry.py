@@ -93,16 +93,37 @@ def _import_attr(path: str) -> Any:
     return obj
 
 
+def _check_options(name: str, factory: Any, options: dict) -> None:
+    """A typo'd option is a recipe error like a typo'd key: name it and list the valid ones."""
+    import inspect
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # no introspectable signature: let the call decide
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    valid = [k for k, p in params.items() if k != "self" and p.kind in (inspect.Parameter.KEYWORD_ONLY,
+                                                                       inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise ValueError(f"reward {name!r}: unknown option {unknown[0]!r} (valid: {', '.join(valid) or 'none'})")
+
+
+def _build(name: str, factory: Any, options: dict) -> RewardFn:
+    _check_options(name, factory, options)
+    return factory(**options)
+
+
 def make_reward(name: str, **options: Any) -> RewardFn:
     """Build a reward from a registered name or a ``"pkg.module:attr"`` dotted path."""
     if name in _REGISTRY:
-        return _REGISTRY[name](**options)
+        return _build(name, _REGISTRY[name], options)
     if name in _BUILTIN:
-        return _import_attr(_BUILTIN[name])(**options)
+        return _build(name, _import_attr(_BUILTIN[name]), options)
     if ":" in name:
         obj = _import_attr(name)
         if isinstance(obj, type):
-            return obj(**options)
+            return _build(name, obj, options)
         if not callable(obj):
             raise ValueError(f"{name!r} is not callable; a dotted reward path must name a class or a callable")
         if options:

@@ -170,6 +170,12 @@ def test_train_cli_end_to_end(tmp_path, tiny_shapes_dir):
     ("train.kl_estimator=full train.kl_max=10", "set kl_max to 0"),
     ("train.kl_estimator=k2", "not one of k3, full"),
     ('data.caption_fidelity={"colors":0.5} train.algorithm=pretrain', "only counting, position"),
+    ("train.lr=.nan", "train.lr: nan is not a finite number"),
+    ("sampler.guidance_scale=.inf", "sampler.guidance_scale: inf is not a finite number"),
+    ("train.betas=[0.9,0.99,0.9]", "train.betas: expected 2 values"),
+    ("train.clip_low=1.5", "above the maximum"),
+    ("model.device=bogus", "bogus"),
+    ("sampler.steps=100", "use at most 64 steps"),
 ])
 def test_train_bad_input(tmp_path, tiny_shapes_dir, override, message):
     p = recipe_file(tmp_path, tiny_shapes_dir)
@@ -263,6 +269,7 @@ def test_explain_shows_what_a_recipe_resolves_to(tmp_path, tiny_shapes_dir):
     assert res.exit_code == 0, res.output
     row = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:-1]]
            for line in res.output.splitlines() if line.count("│") >= 4}
+    assert res.stdout == res.output  # the table is the answer: on stdout, for grep
     assert row["train.lr"][:2] == ["0.00025", "0.0001"]  # this recipe's value, then the default
     assert row["train.kl_beta"][0] == "0.125" and row["train.group_size"][0] == "4"  # --set and base:
     res = CliRunner().invoke(main, ["train", "--explain"], env={"COLUMNS": "200"})
@@ -303,3 +310,41 @@ def test_inner_epochs_reuse_the_rollouts_against_cached_old_logprobs(tmp_path, t
                                   "train.grad_clip=0"])).run()
     assert any(r["clip_fraction"] > 0 for r in moving)
     assert all(math.isfinite(r["loss"]) for r in moving)
+
+
+def test_a_run_folder_is_never_overwritten_or_resumed_with_another_recipe(tmp_path, tiny_shapes_dir):
+    p = recipe_file(tmp_path, tiny_shapes_dir, out="r")
+    res = CliRunner().invoke(main, ["train", str(p), "--set", "train.iterations=2"])
+    assert res.exit_code == 0, res.output
+    before = (tmp_path / "r" / "metrics.jsonl").read_text()
+    weights = (tmp_path / "r" / "checkpoints" / "step-2" / "model.safetensors").read_bytes()
+
+    def refused(*args: str, message: str) -> None:
+        res = CliRunner().invoke(main, ["train", str(p), *args])
+        assert res.exit_code == 2 and message in res.output and "Traceback" not in res.output, res.output
+        assert len(res.output.strip().splitlines()) == 1, res.output
+        assert (tmp_path / "r" / "metrics.jsonl").read_text() == before
+        assert (tmp_path / "r" / "checkpoints" / "step-2" / "model.safetensors").read_bytes() == weights
+
+    refused("--set", "train.iterations=1", message="already holds a run")  # a fresh run into it
+    refused("--set", "train.group_size=2", "--resume", "latest", message="train.group_size: 4 → 2")
+    refused("--set", "train.algorithm=mask-grpo", "--resume", "latest", message="train.algorithm")
+    # how long it runs may change on resume
+    res = CliRunner().invoke(main, ["train", str(p), "--set", "train.iterations=3", "--resume", "latest"])
+    assert res.exit_code == 0, res.output
+    assert len((tmp_path / "r" / "metrics.jsonl").read_text().splitlines()) == 3
+    # --resume latest with nothing to resume says so and starts a new run
+    q = recipe_file(tmp_path, tiny_shapes_dir, out="new")
+    res = CliRunner().invoke(main, ["train", str(q), "--set", "train.iterations=1", "--resume", "latest"])
+    assert res.exit_code == 0 and "no checkpoint in" in res.stderr and "starting a new run" in res.stderr
+
+
+def test_run_folder_and_reward_option_mistakes_are_one_line_errors(tmp_path, tiny_shapes_dir):
+    p = recipe_file(tmp_path, tiny_shapes_dir)
+    (tmp_path / "afile").write_text("x")
+    for args, message in [(["--out", str(tmp_path / "afile")], "cannot write to the run folder"),
+                          (["--set", "rewards=[{name: shapes-geneval, options: {partal: true}}]"],
+                           "unknown option 'partal' (valid: partial")]:
+        res = CliRunner().invoke(main, ["train", str(p), *args])
+        assert res.exit_code == 2 and message in res.output and "Traceback" not in res.output, res.output
+        assert len(res.output.strip().splitlines()) == 1, res.output
