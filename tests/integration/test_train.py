@@ -348,3 +348,14 @@ def test_run_folder_and_reward_option_mistakes_are_one_line_errors(tmp_path, tin
         res = CliRunner().invoke(main, ["train", str(p), *args])
         assert res.exit_code == 2 and message in res.output and "Traceback" not in res.output, res.output
         assert len(res.output.strip().splitlines()) == 1, res.output
+
+
+def test_maskfocus_loss_is_beta_times_the_logged_kl_per_sample_and_step(tmp_path, tiny_shapes_dir):
+    """On-policy (ratio 1) the surrogate sums to −Σ A = 0 within each group, so what is left of the loss is
+    β · KL — both averaged over kept samples *and* critical steps. A trainer that forgot to divide by k
+    (or by the sample count) would log k× (or n×) the value."""
+    rows = Trainer(load_recipe(recipe_file(tmp_path, tiny_shapes_dir, out="kl"), ["train.iterations=3"])).run()
+    moved = [r for r in rows if r["kl"] > 0 and r["kept"]]
+    assert moved and all(len(r["steps"]) >= 1 for r in moved)
+    for r in moved:
+        assert r["loss"] == pytest.approx(0.05 * r["kl"], rel=1e-3, abs=1e-7), r
