@@ -16,6 +16,8 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
+from maskfocus_cli.engine.data import read_utf8
+
 GENEVAL_TAGS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 #: GenEval's colour vocabulary, in the order of its evaluate_images.py (CLIP zero-shot classes).
 GENEVAL_COLORS = ("red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black", "white")
@@ -136,19 +138,18 @@ def load_geneval_metadata(path: str | Path | None = None,
         raise ValueError(f"GenEval metadata file not found: {path}; pass --metadata PATH to an "
                          f"evaluation_metadata.jsonl")
     rows: list[dict] = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            try:
-                validate_geneval_row(row, colors)
-            except ValueError as e:
-                raise ValueError(f"{path}:{lineno}: {e}") from None
-            rows.append(row)
+    for lineno, line in enumerate(read_utf8(path).split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+        try:
+            validate_geneval_row(row, colors)
+        except ValueError as e:
+            raise ValueError(f"{path}:{lineno}: {e}") from None
+        rows.append(row)
     if not rows:
         raise ValueError(f"{path}: no prompts found (expected one JSON object per line)")
     return rows
@@ -158,7 +159,7 @@ def load_geneval_metadata(path: str | Path | None = None,
 
 def _read_prompt_lines(path: Path) -> list[str]:
     # Official readers take the part before a tab and strip the newline; blank lines carry no prompt.
-    lines = path.read_text(encoding="utf-8").splitlines()
+    lines = read_utf8(path).splitlines()
     prompts = [ln.split("\t")[0].strip() for ln in lines]
     return [p for p in prompts if p]
 

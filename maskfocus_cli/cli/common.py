@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import tempfile
@@ -14,6 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
     TimeRemainingColumn
 
+from maskfocus_cli.engine.data import read_utf8
 from maskfocus_cli.engine.sampling import SamplerSettings
 
 stderr = Console(stderr=True)
@@ -32,15 +34,38 @@ def model_options(f: Callable) -> Callable:
     return f
 
 
+class CheckedFloat(click.ParamType):
+    """A float option that must be finite (and above a bound): NaN/inf would sample noise and print
+    invalid JSON. Raises ValueError, so the error is the CLI's usual one line + exit 2."""
+
+    name = "float"
+
+    def __init__(self, minimum: float | None = None, strict: bool = False) -> None:
+        self.minimum, self.strict = minimum, strict
+
+    def convert(self, value, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        x = click.FLOAT.convert(value, param, ctx)
+        flag = param.opts[0] if param is not None and param.opts else "value"
+        if self.minimum is None:
+            rule, ok = "a finite number", math.isfinite(x)
+        else:
+            bound = f"{'>' if self.strict else '>='} {self.minimum:g}"
+            rule = f"a finite number {bound}"
+            ok = math.isfinite(x) and (x > self.minimum if self.strict else x >= self.minimum)
+        if not ok:
+            raise ValueError(f"{flag} must be {rule} (got {value})")
+        return x
+
+
 def sampler_options(f: Callable, steps: int = 16) -> Callable:
     """--steps / --cfg / --schedule / --temperature / --gumbel."""
-    f = click.option("--gumbel", "gumbel", default=2.0, show_default=True, type=float,
+    f = click.option("--gumbel", "gumbel", default=2.0, show_default=True, type=CheckedFloat(0.0),
                      help="Start of the annealed Gumbel noise on confidences (0 = greedy re-masking).")(f)
-    f = click.option("--temperature", default=1.0, show_default=True, type=float,
+    f = click.option("--temperature", default=1.0, show_default=True, type=CheckedFloat(0.0, strict=True),
                      help="Logit temperature of token sampling.")(f)
     f = click.option("--schedule", default="cosine", show_default=True, type=click.Choice(["cosine", "linear"]),
                      help="Mask-ratio schedule.")(f)
-    f = click.option("--cfg", default=3.0, show_default=True, type=float,
+    f = click.option("--cfg", default=3.0, show_default=True, type=CheckedFloat(),
                      help="Classifier-free guidance scale (form set by the model family).")(f)
     f = click.option("--steps", default=steps, show_default=True, type=int, help="Unmasking steps T.")(f)
     return f
@@ -49,8 +74,6 @@ def sampler_options(f: Callable, steps: int = 16) -> Callable:
 def settings_from(steps: int, cfg: float, schedule: str, temperature: float, gumbel: float) -> SamplerSettings:
     if steps < 1:
         raise ValueError(f"--steps must be at least 1 (got {steps})")
-    if temperature <= 0:
-        raise ValueError(f"--temperature must be > 0 (got {temperature})")
     return SamplerSettings(steps=steps, guidance_scale=cfg, schedule=schedule, logit_temperature=temperature,
                            gumbel_temperature=gumbel)
 
@@ -61,13 +84,18 @@ def read_prompts(args: tuple[str, ...], prompts_file: str | None) -> tuple[list[
     metas: list[dict | None] = [None] * len(prompts)
     if prompts_file is not None:
         if prompts_file == "-":
-            lines = sys.stdin.read().splitlines()
+            try:
+                text = sys.stdin.read()
+                text.encode("utf-8")  # a C-locale stdin turns bad bytes into surrogates instead of failing
+            except (UnicodeDecodeError, UnicodeEncodeError):
+                raise ValueError("--prompts - (stdin) is not UTF-8 text (send UTF-8)") from None
+            lines = text.splitlines()
             name = "stdin"
         else:
             p = Path(prompts_file)
             if not p.is_file():
                 raise ValueError(f"prompt file not found: {prompts_file} (one prompt per line, or '-' for stdin)")
-            lines = p.read_text().splitlines()
+            lines = read_utf8(p, "--prompts").splitlines()
             name = str(p)
         for i, line in enumerate(lines, 1):
             line = line.strip()
@@ -89,17 +117,41 @@ def read_prompts(args: tuple[str, ...], prompts_file: str | None) -> tuple[list[
     return prompts, metas
 
 
-def ensure_writable_dir(path: str | Path) -> Path:
+def _probe_dir(folder: Path) -> None:
+    """Create ``folder`` and write (then remove) a file in it: raises the OSError a real write would."""
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, probe = tempfile.mkstemp(dir=folder, prefix=".probe")
+    os.close(fd)
+    os.unlink(probe)
+
+
+def ensure_writable_dir(path: str | Path, option: str = "--out") -> Path:
     """Create the output folder and prove we can write in it (fail before any work)."""
     out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"cannot write to {option} {path}: it is a file, not a folder (choose a writable folder)")
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=out, prefix=".probe")
-        os.close(fd)
-        os.unlink(probe)
+        _probe_dir(out)
     except OSError as e:
-        raise ValueError(f"cannot write to --out {path}: {e.strerror or e} (choose a writable folder)") from None
+        raise ValueError(f"cannot write to {option} {path}: {e.strerror or e} (choose a writable folder)") from None
     return out
+
+
+def ensure_writable_file(path: str | Path, option: str) -> Path:
+    """Prove ``path`` can be written (as atomic_write_bytes will: a temp file next to it) before the work
+    whose result goes there, so a bad path does not waste a whole run."""
+    p = Path(path)
+    if p.is_dir():
+        raise ValueError(f"cannot write to {option} {path}: it is a folder (give a file name)")
+    if p.parent.exists() and not p.parent.is_dir():  # mkdir would only say "File exists"
+        raise ValueError(f"cannot write to {option} {path}: {p.parent} is a file, not a folder "
+                         "(choose a file in a writable folder)")
+    try:
+        _probe_dir(p.parent)
+    except OSError as e:
+        raise ValueError(f"cannot write to {option} {path}: {e.strerror or e} "
+                         "(choose a file in a writable folder)") from None
+    return p
 
 
 def emit(row: dict) -> None:

@@ -8,8 +8,8 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
-from maskfocus_cli.cli.common import emit, ensure_writable_dir, model_options, progress, sampler_options, \
-    settings_from, stderr
+from maskfocus_cli.cli.common import emit, ensure_writable_dir, ensure_writable_file, model_options, progress, \
+    sampler_options, settings_from, stderr
 
 BENCHES = ("geneval", "t2i-compbench", "shapes")
 T2I_SCORED = ("color", "shape", "texture", "spatial", "non_spatial", "numeracy", "complex")
@@ -142,6 +142,8 @@ def evaluate(ctx, bench, images_dir, prompt_file, categories, model_spec, checkp
         else:
             metadata = _shapes_metadata(prompt_file, num_prompts, prompt_seed)
     out_dir = ensure_writable_dir(out or images_dir or f"eval-{bench}")
+    if markdown:  # written last: a bad path must not cost the whole evaluation
+        ensure_writable_file(markdown, "--markdown")
 
     # scorer: weights load (or fail with how to supply them) before anything is generated
     dev = str(resolve_device(device))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from maskfocus_cli.cli.common import emit, stderr
+from maskfocus_cli.cli.common import emit, ensure_writable_dir, stderr
 
 
 @click.command("export")
@@ -23,6 +23,7 @@ def export(checkpoint, to, fmt, dtype) -> None:
     The folder's README.md records base model, algorithm, recipe and final metrics.
     """
     from maskfocus_cli.io.export import export_checkpoint
+    ensure_writable_dir(to, "--to")
     facts = export_checkpoint(checkpoint, to, dtype)
     stderr.print(f"[green]exported[/] {checkpoint} → {to}")
     emit(facts)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import click
@@ -16,6 +17,26 @@ def image_path(out: Path, layout: str, prompt_index: int, image_index: int) -> P
         from maskfocus_cli.bench.layout import geneval_sample_path
         return geneval_sample_path(out, prompt_index, image_index)
     return out / f"{prompt_index:05d}-{image_index:04d}.png"
+
+
+_FLAT_PNG = re.compile(r"[0-9]{5,}-[0-9]{4,}\.png")
+
+
+def _ours(p: Path) -> bool:
+    """Written by a sample run: a flat image, grid.png, or a GenEval prompt folder (00000/)."""
+    if p.is_dir():
+        return re.fullmatch(r"[0-9]{5,}", p.name) is not None and \
+            ((p / "metadata.jsonl").is_file() or (p / "samples").is_dir())
+    return p.name == "grid.png" or _FLAT_PNG.fullmatch(p.name) is not None
+
+
+def check_no_earlier_run(out: Path) -> None:
+    """Refuse an --out holding images of an earlier run: a smaller run would overwrite only some of
+    them, and evaluate --images (or anyone reading the folder) would take the stale rest as ours."""
+    found = sorted(p.name for p in out.iterdir() if _ours(p))
+    if found:
+        raise ValueError(f"--out {out} already holds images of an earlier run (e.g. {found[0]}): choose a new "
+                         "folder or empty it, so stale images cannot pass for this run's")
 
 
 @click.command("sample")
@@ -51,6 +72,7 @@ def sample(prompt_args, prompts_file, model_spec, checkpoint, device, dtype, ste
         raise ValueError(f"--n must be at least 1 (got {n})")
     settings = settings_from(steps, cfg, schedule, temperature, gumbel)
     out_dir = ensure_writable_dir(out)
+    check_no_earlier_run(out_dir)
     adapter = load_model(model_spec, checkpoint, device, dtype)
     adapter.encode_prompts(sorted(set(prompts)))  # reject bad prompts before any sampling
     from maskfocus_cli.engine.routing import make_router

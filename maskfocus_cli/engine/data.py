@@ -6,6 +6,16 @@ import json
 from pathlib import Path
 
 
+def read_utf8(path: str | Path, option: str = "") -> str:
+    """The text of a UTF-8 file; any other encoding is a one-line user error naming the file
+    (a bare UnicodeDecodeError does not say which file is wrong)."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        name = f"{option} {path}" if option else str(path)
+        raise ValueError(f"{name} is not UTF-8 text (save it as UTF-8)") from None
+
+
 def load_prompt_source(source: str) -> list[tuple[str, dict | None]]:
     """(prompt, metadata-or-None) pairs from a source string.
 
@@ -25,7 +35,7 @@ def load_prompt_source(source: str) -> list[tuple[str, dict | None]]:
         raise ValueError(f"prompt file not found: {source} (give a .txt with one prompt per line, a GenEval "
                          ".jsonl, or shapes:train)")
     rows: list[tuple[str, dict | None]] = []
-    for i, line in enumerate(path.read_text().splitlines(), 1):
+    for i, line in enumerate(read_utf8(path).splitlines(), 1):
         line = line.strip()
         if not line:
             continue

@@ -30,6 +30,7 @@ def export_checkpoint(checkpoint: str | Path, to: str | Path, dtype: str = "fp32
     if family == "shapes":
         adapter = load_model(f"shapes:{ckpt}", device="cpu")
     else:
+        check_base_model(spec, ckpt)
         adapter = load_model(spec, checkpoint=ckpt, device="cpu")
     if hasattr(adapter, "merge_lora"):
         adapter.merge_lora()
@@ -43,6 +44,18 @@ def export_checkpoint(checkpoint: str | Path, to: str | Path, dtype: str = "fp32
             "recipe": info.get("recipe", {})}
     atomic_write_bytes(out / "README.md", model_card(card, family).encode())
     return {k: v for k, v in card.items() if k != "recipe"} | {"path": str(out), "family": family}
+
+
+def check_base_model(spec: str, ckpt: Path) -> None:
+    """The base model the run recorded must still be where it was: export has no --model to point
+    elsewhere, so say which record to fix instead of the loader's '--model ...: no such folder'."""
+    from maskfocus_cli.models.folders import HUB_ID
+    from maskfocus_cli.models.loading import parse_spec
+    _, path = parse_spec(spec)
+    if path and not Path(path).expanduser().exists() and not HUB_ID.match(path):
+        raise ValueError(f"the checkpoint's base model {spec} (model.spec in its recipe) is missing: no folder "
+                         f"{path}; put the base model folder back there, or set \"model\" in "
+                         f"{ckpt / 'trainer.json'} to where it is now (e.g. \"{spec.partition(':')[0]}:NEW_DIR\")")
 
 
 def model_card(card: dict, family: str) -> str:

@@ -28,9 +28,14 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
 
 
 def resolve_device(device: str = "auto") -> torch.device:
+    """'auto' | 'cpu' | 'cuda' | 'cuda:N' → a usable device, or a ValueError the CLI shows in one line
+    (the value comes from --device or a recipe's model.device, so the message names neither flag)."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):  # torch's message lists every backend it was built with
+        raise ValueError(f"device {device!r}: use auto | cpu | cuda | cuda:N") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
     return dev

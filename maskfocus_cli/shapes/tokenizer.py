@@ -135,14 +135,21 @@ class ShapesTokenizer:
 
     @classmethod
     def load(cls, path: str | Path) -> "ShapesTokenizer":
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
+
+        from maskfocus_cli.io.checkpoint import CheckpointError
         path = Path(path)
         if not path.is_file():
             raise ValueError(f"tokenizer file {path} does not exist")
-        with safe_open(str(path), framework="pt") as f:
-            if "codebook" not in f.keys():
-                raise ValueError(f"{path} has no 'codebook' tensor; is it a shapes tokenizer file?")
-            return cls(f.get_tensor("codebook"))
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                codebook = f.get_tensor("codebook") if "codebook" in f.keys() else None
+        except (SafetensorError, OSError, RuntimeError) as e:  # truncated or not safetensors at all
+            raise CheckpointError(f"{path} is not a readable safetensors file ({str(e).splitlines()[0]}); "
+                                  "re-export it or point to another checkpoint") from None
+        if codebook is None:
+            raise ValueError(f"{path} has no 'codebook' tensor; is it a shapes tokenizer file?")
+        return cls(codebook)
 
 
 def _weighted_kmeans(points: torch.Tensor, weights: torch.Tensor, k: int, iters: int,

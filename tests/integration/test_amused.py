@@ -152,6 +152,8 @@ def _scheduler_counts(n: int, total: int, schedule: str) -> list[int]:
 ])
 def test_mask_counts_match_amused_scheduler(schedule, total):
     for n in (16, 256, 1024):
+        if total > n:  # more steps than tokens: refused by us (diffusers would repeat 1-token steps)
+            continue
         assert mask_counts(n, total, schedule) == _scheduler_counts(n, total, schedule), (n, total)
 
 

@@ -226,6 +226,25 @@ def test_bad_inputs_are_one_line_errors(tiny_shapes, tmp_path):
     assert_user_error(invoke("--bench", "t2i-compbench", "--category", "color", "--images", str(wrong),
                              "--blip", str(tmp_path / "none"), "--out", str(tmp_path / "o5")), "--blip")
     assert_user_error(invoke("--bench", "shapes", "--compare", str(tmp_path / "none.json")), "summary")
+    latin1 = tmp_path / "latin1.jsonl"
+    latin1.write_bytes(b"\xff\xfe")
+    assert_user_error(invoke("--bench", "shapes", "--metadata", str(latin1), "--out", str(tmp_path / "o6")),
+                      f"{latin1} is not UTF-8 text")
+    model = ["--bench", "shapes", "--model", f"shapes:{tiny_shapes}", *FAST]
+    assert_user_error(invoke(*model, "--device", "bogus", "--out", str(tmp_path / "o7")), "device 'bogus'")
+    assert_user_error(invoke(*model, "--cfg", "nan", "--out", str(tmp_path / "o8")), "--cfg must be a finite")
+    assert_user_error(invoke(*model, "--temperature", "0", "--out", str(tmp_path / "o8")), "--temperature must")
+
+
+def test_unwritable_markdown_fails_before_generating(tiny_shapes, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    out = tmp_path / "OUT"
+    for target, reason in ((blocker / "table.md", "is a file"), (tmp_path, "it is a folder")):
+        res = invoke("--bench", "shapes", "--model", f"shapes:{tiny_shapes}", *FAST, "--out", str(out),
+                     "--markdown", str(target))
+        assert_user_error(res, f"cannot write to --markdown {target}", reason)
+        assert not (out / "results.jsonl").exists()  # nothing was generated
 
 
 def test_missing_official_file_offline_says_what_to_do(monkeypatch, tmp_path):

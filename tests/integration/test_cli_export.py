@@ -44,3 +44,37 @@ data: {{num_eval_prompts: 0}}
     assert res.exit_code == 2 and "trainer.json" in res.output
     res = runner.invoke(main, ["export", str(ckpt), "--to", str(tmp_path / "model")])
     assert res.exit_code == 2 and "not empty" in res.output
+
+
+def _fake_checkpoint(folder, spec: str, model_dir=None):
+    """A checkpoint folder as export reads it: trainer.json (+ the weights of a shapes model)."""
+    import shutil
+    if model_dir is not None:
+        shutil.copytree(model_dir, folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "trainer.json").write_text(json.dumps({"iteration": 1, "algorithm": "maskfocus", "model": spec,
+                                                     "recipe": {"model": {"spec": spec}}}))
+    return folder
+
+
+def test_unwritable_to_and_moved_base_model_are_one_line_errors(tmp_path, tiny_shapes_dir):
+    runner = CliRunner()
+    ckpt = _fake_checkpoint(tmp_path / "step-1", f"shapes:{tiny_shapes_dir}", tiny_shapes_dir)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    for to, reason in ((blocker, "it is a file, not a folder"), (blocker / "sub", "")):
+        res = runner.invoke(main, ["export", str(ckpt), "--to", str(to)])
+        assert res.exit_code == 2, res.output
+        assert f"error: cannot write to --to {to}: {reason}" in res.stderr
+        assert "(choose a writable folder)" in res.stderr
+        assert len(res.stderr.strip().splitlines()) == 1 and "Errno" not in res.stderr
+    assert runner.invoke(main, ["export", str(ckpt), "--to", str(tmp_path / "ok")]).exit_code == 0
+
+    gone = tmp_path / "amused-256"
+    ckpt = _fake_checkpoint(tmp_path / "amused-step-1", f"amused:{gone}")
+    res = runner.invoke(main, ["export", str(ckpt), "--to", str(tmp_path / "m")])
+    assert res.exit_code == 2, res.output
+    err = res.stderr.strip()
+    assert len(err.splitlines()) == 1 and "--model" not in err
+    assert f"base model amused:{gone} (model.spec in its recipe) is missing" in err
+    assert str(ckpt / "trainer.json") in err

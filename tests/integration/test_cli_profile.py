@@ -93,6 +93,10 @@ def test_positional_prompts_from_stdin_and_routing(tiny_shapes, tmp_path):
     (["--embed", "clip"], "--clip-weights PATH"),
     (["--embed", "clip", "--clip-weights", "/nonexistent/clip.bin"], "file not found"),
     (["--n", "0"], "--n must be at least 1"),
+    (["--device", "bogus"], "device 'bogus': use auto | cpu | cuda | cuda:N"),
+    (["--cfg", "nan"], "--cfg must be a finite number (got nan)"),
+    (["--temperature", "nan"], "--temperature must be a finite number > 0 (got nan)"),
+    (["--gumbel", "inf"], "--gumbel must be a finite number >= 0 (got inf)"),
 ])
 def test_bad_options_one_line_exit_2(tiny_shapes, tmp_path, args, message):
     res = run(["profile-steps", PROMPTS[0], "--model", tiny_shapes, "--out", str(tmp_path / "o"), *args])
@@ -115,6 +119,14 @@ def test_empty_prompts_one_line_exit_2(tiny_shapes, tmp_path):
     empty.write_text("\n  \n")
     res = run(["profile-steps", "--prompts", str(empty), "--model", tiny_shapes, "--out", str(tmp_path / "o")])
     assert res.exit_code == 2 and "no prompts given" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_non_utf8_prompt_file_is_named(tiny_shapes, tmp_path):
+    latin1 = tmp_path / "bad.txt"
+    latin1.write_bytes(b"\xff\xfe")
+    res = run(["profile-steps", "--prompts", str(latin1), "--model", tiny_shapes, "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2 and f"--prompts {latin1} is not UTF-8 text" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
 
 
@@ -171,7 +183,7 @@ def test_profile_adds_no_forward_and_profiles_the_sampled_images(toy):
     """Exactly the forwards sampling needs, and the gains of the very trajectories `sample` makes."""
     calls = []
     hook = toy.transformer.register_forward_hook(lambda *a: calls.append(1))
-    settings = SamplerSettings(steps=5, guidance_scale=2.0)
+    settings = SamplerSettings(steps=4, guidance_scale=2.0)
     streamed = []
     res = profile_steps(toy, ["a", "b", "c"], settings, CodebookEmbedder(toy), top_k=2, n=2, seed=7,
                         batch_size=4, on_prompt=lambda p: streamed.append(p.index))
@@ -180,10 +192,10 @@ def test_profile_adds_no_forward_and_profiles_the_sampled_images(toy):
     for _ in generate(toy, make_jobs(["a", "b", "c"], 2, 7), settings, batch_size=4):
         pass
     hook.remove()
-    assert profile_calls == len(calls) == 2 * 5  # two batches (4 + 2 images) × 5 steps, CFG in one forward
+    assert profile_calls == len(calls) == 2 * 4  # two batches (4 + 2 images) × 4 steps, CFG in one forward
     assert streamed == [0, 1, 2] and [p.index for p in res.prompts] == [0, 1, 2]
     for i, p in enumerate(res.prompts):
-        assert p.gain.shape == (2, 5) and len(p.critical) == 2
+        assert p.gain.shape == (2, 4) and len(p.critical) == 2
         assert p.critical.tolist() == sorted(p.critical.tolist())
         # reference: sample this prompt's images alone (seeds 7, 8) and compute the gain directly
         prompt = "abc"[i]
@@ -193,7 +205,7 @@ def test_profile_adds_no_forward_and_profiles_the_sampled_images(toy):
         torch.testing.assert_close(p.similarity, s_ref)
         torch.testing.assert_close(p.gain, g_ref)
         torch.testing.assert_close(p.entropy, masked_mean_entropy(ref))
-    assert res.prompts[0].strip.shape == (5, 3, 8, 8)  # toy decodes 2x2 grids to 8x8 pixels
+    assert res.prompts[0].strip.shape == (4, 3, 8, 8)  # toy decodes 2x2 grids to 8x8 pixels
     assert res.prompts[1].strip is not None and res.prompts[2].strip is not None
 
 

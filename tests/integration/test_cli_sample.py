@@ -77,13 +77,21 @@ def test_geneval_layout_and_routing(tmp_path, tiny_shapes_dir):
     assert all(0.0 <= r["explore_fraction"] <= 1.0 for r in lines(res))
 
 
-def test_bad_input(tmp_path, tiny_shapes_dir):
+def test_bad_input(tmp_path, tiny_shapes_dir, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # cases without --out would use ./samples
     model = f"shapes:{tiny_shapes_dir}"
     corrupt = tmp_path / "corrupt"
     shutil.copytree(tiny_shapes_dir, corrupt)
     (corrupt / "model.safetensors").write_bytes(b"not a safetensors file")
     blocker = tmp_path / "file"
     blocker.write_text("x")
+    bad_tokenizer = tmp_path / "bad-tokenizer"
+    shutil.copytree(tiny_shapes_dir, bad_tokenizer)
+    with open(bad_tokenizer / "tokenizer.safetensors", "r+b") as f:
+        f.truncate(100)
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes(b"\xff\xfe a photo of a circle\n")
+    out = tmp_path / "never-written"
     cases = [
         (["sample", "--prompts", "-", "--model", model], "", "no prompts"),
         (["sample", "a photo of a red dragon", "--model", model], None, "dragon"),
@@ -93,9 +101,45 @@ def test_bad_input(tmp_path, tiny_shapes_dir):
         (["sample", PROMPT, "--model", model, "--out", blocker / "sub"], None, "cannot write"),
         (["sample", PROMPT, "--model", "dalle"], None, "unknown model spec"),
         (["sample", "--prompts", tmp_path / "missing.txt", "--model", model], None, "not found"),
+        (["sample", PROMPT, "--model", model, "--device", "bogus", "--out", out], None,
+         "device 'bogus': use auto | cpu | cuda | cuda:N"),
+        (["sample", PROMPT, "--model", f"shapes:{bad_tokenizer}", "--out", out], None,
+         "tokenizer.safetensors is not a readable safetensors file"),
+        (["sample", "--prompts", latin1, "--model", model, "--out", out], None, f"--prompts {latin1} is not UTF-8"),
+        (["sample", "--prompts", "-", "--model", model, "--out", out], b"\xff\xfe", "stdin) is not UTF-8"),
+        (["sample", PROMPT, "--model", model, "--cfg", "nan", "--out", out], None, "--cfg must be a finite number"),
+        (["sample", PROMPT, "--model", model, "--cfg", "inf", "--out", out], None, "--cfg must be a finite number"),
+        (["sample", PROMPT, "--model", model, "--temperature", "nan", "--out", out], None, "--temperature must"),
+        (["sample", PROMPT, "--model", model, "--gumbel", "-1", "--out", out], None, "--gumbel must be a finite "
+                                                                                     "number >= 0"),
     ]
     for args, stdin, message in cases:
         res = run(*args, input=stdin)
         assert res.exit_code == 2, (args, res.output)
         assert message in res.output, (args, res.output)
         assert "Traceback" not in res.output and len(res.output.strip().splitlines()) == 1
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_out_holding_an_earlier_run_is_refused(tmp_path, tiny_shapes_dir):
+    """A smaller second run into the same folder would leave stale images that evaluate then scores."""
+    model = f"shapes:{tiny_shapes_dir}"
+    for layout, first in (("geneval", "00000"), ("flat", "00000-0000.png")):
+        out = tmp_path / layout
+        res = run("sample", PROMPT, "a photo of a circle", "--layout", layout, "--steps", 2, "--model", model,
+                  "--out", out)
+        assert res.exit_code == 0, res.output
+        before = sorted(p.name for p in out.iterdir())
+        res = run("sample", PROMPT, "--layout", layout, "--steps", 2, "--model", model, "--out", out)
+        assert res.exit_code == 2, res.output
+        assert f"--out {out} already holds images of an earlier run (e.g. {first})" in res.output
+        assert len(res.output.strip().splitlines()) == 1 and res.stdout == ""
+        assert sorted(p.name for p in out.iterdir()) == before
+    # a folder that exists but is empty, or holds only files that are not ours, is fine
+    mine = tmp_path / "mine"
+    (mine / "2024").mkdir(parents=True)
+    (mine / "notes.txt").write_text("x")
+    (mine / "photo.png").write_bytes(b"")
+    res = run("sample", PROMPT, "--steps", 2, "--model", model, "--out", mine)
+    assert res.exit_code == 0, res.output
+    assert (mine / "00000-0000.png").is_file()

@@ -98,6 +98,14 @@ def test_colour_vocabulary_is_enforced_only_when_given(tmp_path):
         load_geneval_metadata(path, colors=GENEVAL_COLORS)
 
 
+def test_non_utf8_files_are_named(tmp_path):
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("a caf\xe9 photo\n".encode("latin-1"))
+    for load in (load_geneval_metadata, lambda p: load_t2i_compbench("color", p)):
+        with pytest.raises(ValueError, match=f"{latin1} is not UTF-8 text"):
+            load(latin1)
+
+
 def test_empty_and_missing_files(tmp_path):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n\n")

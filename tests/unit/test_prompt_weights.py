@@ -2,7 +2,7 @@
 
 import pytest
 
-from maskfocus_cli.engine.data import prompt_weights
+from maskfocus_cli.engine.data import load_prompt_source, prompt_weights
 
 ROWS = [("a", {"tag": "counting"}), ("b", {"tag": "position"}), ("c", None), ("d", {"tag": "counting"})]
 
@@ -31,3 +31,10 @@ def test_all_zero_is_refused():
     rows = [("a", {"tag": "counting"})]
     with pytest.raises(ValueError, match="weight 0"):
         prompt_weights(rows, {"counting": 0})
+
+
+def test_non_utf8_prompt_source_is_named(tmp_path):
+    latin1 = tmp_path / "prompts.txt"
+    latin1.write_bytes("a caf\xe9 photo\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=f"{latin1} is not UTF-8 text"):
+        load_prompt_source(str(latin1))

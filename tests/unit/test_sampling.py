@@ -20,9 +20,11 @@ def test_linear_mask_counts_by_hand():
     assert mask_counts(64, 4, "linear") == [64, 48, 32, 16, 0]
 
 
-def test_mask_counts_clamped_to_at_least_one_and_strictly_decreasing():
-    # N=4, T=8: floor(4 cos(pi/16))=3, then 3 -> capped at 2, 1, then floor(2.83)=2 -> max(1, min(0, 2)) = 1 ...
-    assert mask_counts(4, 8, "cosine") == [4, 3, 2, 1, 1, 1, 1, 1, 0]
+def test_mask_counts_strictly_decreasing_and_more_steps_than_tokens_refused():
+    # N=8, T=8: floor(8 cos(pi/16))=7, then floor(8 cos(pi/8))=7 -> capped at 6, 6 -> 5, ... 1 (floor gives 1) -> 0
+    assert mask_counts(8, 8, "cosine") == [8, 7, 6, 5, 4, 3, 2, 1, 0]
+    with pytest.raises(ValueError, match="at most 4 steps"):  # some step would unmask nothing
+        mask_counts(4, 8, "cosine")
 
 
 def test_single_step_unmasks_everything():
@@ -198,11 +200,11 @@ def test_sampling_runs_prompt_only_work_once(toy):
     toy.prepare_cond, toy.call_transformer = prepare, forward
     cond, uncond = toy.encode_prompts(["a", "b"]), toy.encode_prompts(["", ""])
     other = copy.deepcopy(toy.transformer)
-    sample(toy, cond, uncond, [1, 2], SamplerSettings(steps=6, guidance_scale=3.0), net=other)
-    assert prepared == [other, other] and len(seen) == 6 and all(seen)
+    sample(toy, cond, uncond, [1, 2], SamplerSettings(steps=4, guidance_scale=3.0), net=other)
+    assert prepared == [other, other] and len(seen) == 4 and all(seen)
     assert set(cond) == set(uncond) == {"ids"}  # the caller's dicts are left alone
     prepared.clear()
-    sample(toy, cond, uncond, [1, 2], SamplerSettings(steps=6, guidance_scale=1.0))
+    sample(toy, cond, uncond, [1, 2], SamplerSettings(steps=4, guidance_scale=1.0))
     assert prepared == [None]  # no guidance: the unconditional branch is never run, nor prepared
 
 

@@ -122,6 +122,16 @@ def test_save_load_round_trip(tok, tmp_path):
         ShapesTokenizer.load(tmp_path / "missing.safetensors")
 
 
+@pytest.mark.parametrize("keep", [100, -100])  # a broken header; a header whose data is cut short
+def test_corrupt_file_is_a_user_error(tok, tmp_path, keep):
+    path = tmp_path / "tok.safetensors"
+    tok.save(path)
+    data = path.read_bytes()
+    path.write_bytes(data[:keep])
+    with pytest.raises(ValueError, match="is not a readable safetensors file .*; re-export it"):
+        ShapesTokenizer.load(path)
+
+
 def test_bad_inputs_raise_value_error(tok):
     with pytest.raises(ValueError, match="shape"):
         tok.encode(torch.zeros(1, 3, 32, 32))
