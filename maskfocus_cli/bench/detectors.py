@@ -61,6 +61,31 @@ def hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUTHY
 
 
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Can we open a connection to the hub at all? Without this check an offline machine spends ~100 s
+    in huggingface_hub's retries before the same error. Behind a proxy the direct probe proves nothing,
+    so it is skipped (True)."""
+    import socket
+    import urllib.parse
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    host = urllib.parse.urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
+    try:
+        with socket.create_connection((host or "huggingface.co", 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def hub_cached(repo_id: str) -> bool:
+    """Is the repo's config already in the local hub cache (usable without network)?"""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except Exception:  # noqa: BLE001 - an odd cache is the same as no cache
+        return False
+
+
 def resolve_weights(path_or_id: str | os.PathLike, what: str, option: str) -> tuple[str, bool]:
     """Decide where weights come from: (source, is_local). Raise ValueError when they cannot be had.
 
@@ -79,6 +104,10 @@ def resolve_weights(path_or_id: str | os.PathLike, what: str, option: str) -> tu
         raise ValueError(f"{what} weights '{s}' are not a local folder and HF_HUB_OFFLINE is set; download "
                          f"the model folder elsewhere (e.g. `huggingface-cli download {s}`) and pass "
                          f"{option} /path/to/folder")
+    if not hub_cached(s) and not hub_reachable():
+        raise ValueError(f"{what} weights '{s}' are not a local folder, not in the hub cache, and the hub is "
+                         f"unreachable; download the model folder elsewhere (e.g. `huggingface-cli download {s}`) "
+                         f"and pass {option} /path/to/folder")
     return s, False
 
 

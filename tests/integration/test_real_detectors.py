@@ -149,3 +149,15 @@ def test_non_spatial_clipscore_is_a_cosine(tiny_clip_dir):
     assert len(scores) == 3 and all(-1.0 <= s <= 1.0 for s in scores)
     # per-image, independent of the batch it is scored in
     assert scorer.score(images[1:2], prompts[1:2])[0] == pytest.approx(scores[1], abs=1e-5)
+
+
+def test_unreachable_hub_fails_at_once_not_after_retries(monkeypatch):
+    import maskfocus_cli.bench.detectors as detectors
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(detectors, "hub_cached", lambda repo: False)
+    monkeypatch.setattr(detectors, "hub_reachable", lambda timeout=3.0: False)
+    with pytest.raises(ValueError, match="hub is unreachable.*--detector"):  # before huggingface_hub's retries
+        Mask2FormerDetector("facebook/mask2former-swin-small-coco-instance")
+    # a cached hub id goes on to the real load, network or not
+    monkeypatch.setattr(detectors, "hub_cached", lambda repo: True)
+    assert detectors.resolve_weights("owner/model", "X", "--detector") == ("owner/model", False)
