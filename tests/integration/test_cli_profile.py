@@ -47,8 +47,8 @@ def test_profile_steps_end_to_end(tiny_shapes, tmp_path):
     for i in range(3):
         mine = [r for r in rows if r["prompt_index"] == i]
         assert sum(r["critical"] for r in mine) == 3
-        # a prompt's critical steps are the top-3 of its own gain row (ties to the earlier step)
-        top = sorted(sorted(range(16), key=lambda t: (-mine[t]["gain"], t))[:3])
+        # a prompt's critical steps are the top-3 of its own gain row over steps 0-13 (ties to the earlier step)
+        top = sorted(sorted(range(14), key=lambda t: (-mine[t]["gain"], t))[:3])
         assert [r["step"] for r in mine if r["critical"]] == top
         assert mine[-1]["similarity"] == pytest.approx(1.0, abs=1e-4)  # x̂0 of the last step is the final grid
 
@@ -62,7 +62,7 @@ def test_profile_steps_end_to_end(tiny_shapes, tmp_path):
     assert summary["selection_frequency"] == freq and sum(freq) == 3 * 3
     mean_gain = [sum(r["gain"] for r in rows if r["step"] == t) / 3 for t in range(16)]
     assert summary["mean_gain"] == pytest.approx(mean_gain, abs=1e-5)
-    recommended = sorted(sorted(range(16), key=lambda t: (-summary["mean_gain"][t], t))[:3])
+    recommended = sorted(sorted(range(14), key=lambda t: (-summary["mean_gain"][t], t))[:3])
     assert summary["critical_steps"] == recommended
     conc = sum(summary["mean_gain"][t] for t in recommended) / sum(summary["mean_gain"])
     assert summary["gain_concentration"] == pytest.approx(conc, abs=1e-4)
@@ -157,10 +157,10 @@ def test_profile_result_aggregates_by_hand():
     torch.testing.assert_close(res.mean_similarity, torch.tensor([0.35, 0.4, 0.7, 1.0]))
     torch.testing.assert_close(res.mean_entropy, torch.tensor([3.0, 2.0, 1.0, 0.0]))
     assert res.selection_frequency.tolist() == [1, 2, 1, 0]
-    assert res.critical_steps.tolist() == [1, 2]
-    assert res.gain_concentration == pytest.approx(0.6 / 0.65)
+    assert res.critical_steps.tolist() == [0, 1]  # steps T−2, T−1 are no candidates (official)
+    assert res.gain_concentration == pytest.approx(0.35 / 0.65)
     s = res.summary(model="m", embed="codebook")
-    assert s["critical_steps"] == [1, 2] and s["selection_frequency"] == [1, 2, 1, 0]
+    assert s["critical_steps"] == [0, 1] and s["selection_frequency"] == [1, 2, 1, 0]
     assert s["model"] == "m" and s["num_prompts"] == 2
 
 

@@ -145,8 +145,11 @@ G = torch.Generator().manual_seed(0)
 
 def test_top_k_picks_largest_gains_sorted_by_step():
     gain = torch.tensor([0.1, 0.9, 0.3, 0.8, 0.05, 0.4])
-    assert InfoGainSelector().select(6, 3, gain, G).tolist() == [1, 3, 5]
+    # steps T−2, T−1 (4, 5) are no candidates (official): top-3 of steps 0–3
+    assert InfoGainSelector().select(6, 3, gain, G).tolist() == [1, 2, 3]
     assert InfoGainSelector().select(6, 1, gain, G).tolist() == [1]
+    # ... unless k leaves no other choice: then every step competes
+    assert InfoGainSelector().select(6, 5, gain, G).tolist() == [0, 1, 2, 3, 5]
 
 
 def test_ties_go_to_the_earlier_step():
@@ -185,12 +188,13 @@ def test_k_out_of_range_is_a_user_error(cls):
 
 def test_batch_vs_sample_reduction_by_hand():
     sel = InfoGainSelector()
-    # batch mean gain = [(0.5 + 0.7071)/2, (0.25 + 1)/2, 0] = [0.6036, 0.625, 0] -> step 1
-    assert select_steps(sel, 3, 1, HAND_GAIN, "batch", G).tolist() == [1]
+    gain = torch.cat([HAND_GAIN, torch.zeros(2, 2)], 1)  # T = 5: steps 0-2 are candidates
+    # batch mean gain = [(0.5 + 0.7071)/2, (0.25 + 1)/2, 0, 0, 0] = [0.6036, 0.625, 0, 0, 0] -> step 1
+    assert select_steps(sel, 5, 1, gain, "batch", G).tolist() == [1]
     # per image: image 0 peaks at step 0, image 1 at step 1
-    per = select_steps(sel, 3, 1, HAND_GAIN, "sample", G)
+    per = select_steps(sel, 5, 1, gain, "sample", G)
     assert per.shape == (2, 1) and per.tolist() == [[0], [1]]
-    assert select_steps(sel, 3, 2, HAND_GAIN, "sample", G).tolist() == [[0, 1], [0, 1]]
+    assert select_steps(sel, 5, 2, gain, "sample", G).tolist() == [[0, 1], [0, 1]]
 
 
 def test_reduction_errors():
@@ -221,10 +225,10 @@ def test_pixel_similarity_of_a_uniform_final_image_is_one(toy):
 
 
 def test_shared_gain_is_the_gain_of_the_mean_similarity():
-    # image 0 dips at step 1 and recovers; image 1 rises steadily. Mean s = [0.5, 0.6, 0.9]
-    sim = torch.tensor([[0.6, 0.4, 0.9], [0.4, 0.8, 0.9]])
-    torch.testing.assert_close(shared_gain(sim), torch.tensor([0.1, 0.3, 0.1]))
-    # the mean of per-image gains ([0.2, 0.5, 0.1] and [0.4, 0.1, 0.1]) would pick step 0 for k = 1
+    # image 0 dips at step 1 and recovers; image 1 rises steadily. Mean s = [0.5, 0.6, 0.9, 0.95, 0.97]
+    sim = torch.tensor([[0.6, 0.4, 0.9, 0.95, 0.97], [0.4, 0.8, 0.9, 0.95, 0.97]])
+    torch.testing.assert_close(shared_gain(sim), torch.tensor([0.1, 0.3, 0.05, 0.02, 0.03]))
+    # the mean of per-image gains ([0.2, 0.5, ...] and [0.4, 0.1, ...] -> [0.3, 0.3, ...]) would pick step 0
     per_image = information_gain(sim).mean(0)
-    assert select_steps(InfoGainSelector(), 3, 1, per_image[None], "batch", G).tolist() == [0]
-    assert select_steps(InfoGainSelector(), 3, 1, shared_gain(sim)[None], "batch", G).tolist() == [1]
+    assert select_steps(InfoGainSelector(), 5, 1, per_image[None], "batch", G).tolist() == [0]
+    assert select_steps(InfoGainSelector(), 5, 1, shared_gain(sim)[None], "batch", G).tolist() == [1]
