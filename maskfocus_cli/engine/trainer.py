@@ -92,8 +92,8 @@ def find_resume(run_dir: Path, resume: str | None) -> Path | None:
     return p
 
 
-#: recipe keys a resumed run may change: how long it runs and what it writes, never what it computes
-RESUME_FREE = ("train.iterations", "train.time_budget_minutes", "output.", "data.eval_prompts",
+#: recipe keys a resumed run may change: how long and where it runs and what it writes, never what it computes
+RESUME_FREE = ("train.iterations", "train.time_budget_minutes", "output.", "model.device", "data.eval_prompts",
                "data.num_eval_prompts", "data.num_validation_prompts", "eval_sampler")
 
 
