@@ -41,7 +41,7 @@ def profile_table(result, title: str = ""):
 @model_options
 @sampler_options
 @click.option("--n", "n", default=4, show_default=True, type=int,
-              help="Images per prompt; they form the batch whose mean gain picks the prompt's steps.")
+              help="Images per prompt; the gain of their mean similarity picks the prompt's steps (as in training).")
 @click.option("--seed", default=0, show_default=True, type=int,
               help="Seed of image 0; image j uses seed+j (a repeated prompt continues with new seeds).")
 @click.option("--batch-size", default=64, show_default=True, type=int, help="Images per forward batch.")
@@ -112,6 +112,7 @@ def profile_steps(prompt_args, prompts_file, model_spec, checkpoint, device, dty
     stderr.print(profile_table(result, title=f"step profile ({len(prompts)} prompts × {n} images, "
                                              f"embed={embed}{', routing' if routing else ''})"))
     conc = summary["gain_concentration"]
-    stderr.print(f"recommended critical steps (top-{top_k} of mean gain): {summary['critical_steps']}"
+    stderr.print(f"recommended critical steps (top-{top_k} of the mean gain, steps 0..T-3): "
+                 f"{summary['critical_steps']}"
                  + (f" — {conc:.0%} of the total gain" if conc is not None else ""))
     stderr.print(f"wrote {out_dir / 'summary.json'} and {out_dir / 'profile.png'}")
