@@ -138,13 +138,19 @@ def test_mask_grpo_transition_logprob_by_hand(toy):
         torch.testing.assert_close(a, b)
 
 
-def test_mask_grpo_remask_term_is_a_real_function_of_the_threshold(toy):
-    _, cond, uncond, settings = _setup(toy)
+def _first_transition(toy):
+    """A blank state, the x̂0 guesses and the next state: the first step of two images."""
     m = toy.mask_id
     state = torch.full((2, 4), m)
     x0 = torch.tensor([[0, 1, 2, 3], [4, 2, 0, 1]])
     nxt = torch.tensor([[0, m, m, 3], [m, 2, 0, m]])
-    newly = nxt != m
+    return state, x0, nxt, nxt != m
+
+
+def test_mask_grpo_remask_term_is_a_real_function_of_the_threshold(toy):
+    _, cond, uncond, settings = _setup(toy)
+    m = toy.mask_id
+    state, x0, nxt, newly = _first_transition(toy)
     step = StepInfo(0, 4, 1.0)
     kw = dict(cond=cond, uncond=uncond, step=step, adv=torch.ones(2), settings=settings, remask_term=True)
     lo = mask_grpo_step_loss(toy, toy.transformer, state, nxt, x0, newly, threshold=torch.full((2,), -2.2), **kw)
@@ -310,11 +316,7 @@ def test_unspecified_logits_at_known_positions_do_not_reach_either_loss(toy):
 
 def test_mask_grpo_default_clip_is_asymmetric_0_1_below_0_2_above(toy):
     _, cond, uncond, settings = _setup(toy)
-    m = toy.mask_id
-    state = torch.full((2, 4), m)
-    x0 = torch.tensor([[0, 1, 2, 3], [4, 2, 0, 1]])
-    nxt = torch.tensor([[0, m, m, 3], [m, 2, 0, m]])
-    newly = nxt != m
+    state, x0, nxt, newly = _first_transition(toy)
     args = (toy, toy.transformer, state, nxt, x0, newly, torch.zeros(2), cond, uncond, StepInfo(0, 4, 1.0))
     lp = mask_grpo_step_loss(*args, torch.ones(2), settings).logp
 
