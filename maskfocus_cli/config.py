@@ -126,6 +126,10 @@ class TrainConfig:
     rollout_dtype: str = opt("fp32", "weights dtype of the rollout copy of the policy (bf16: ~1.8x faster "
                              "sampling on CPUs with AVX-512 bf16; the loss still runs on the fp32 master "
                              "weights, re-cast after every optimiser step)", choices=("fp32", "bf16"))
+    ema_decay: float = opt(0.0, "exponential moving average of the weights (0 = off): checkpoints' model "
+                           "weights (what evaluate / sample --checkpoint / export read) are the average, the "
+                           "raw policy goes to policy.safetensors for --resume; rollouts use the raw policy. "
+                           "Decay warms up as min(d, (1+i)/(10+i)) at iteration i", min=0, max=0.9999)
     time_budget_minutes: float = opt(0.0, "stop (and checkpoint) after this much wall time; 0 = no limit; "
                                      "for equal-budget comparisons", min=0)
     # supervised pretraining of the built-in model

@@ -79,7 +79,7 @@ def train(recipe, overrides, resume, out, explain) -> None:
                 last_validation = f"  validation {row['validation']['reward']['mean']:.3f}"
             if "reward" in row:
                 info = f"reward {row['reward']['mean']:.3f}{last_validation}  loss {row['loss']:+.4f}  " \
-                       f"steps {row['steps']}"
+                       f"steps {steps_text(row['steps'])}"
             else:
                 info = f"loss {row['loss']:.4f}  acc {row['token_accuracy']:.3f}  " \
                        f"objects {row.get('object_accuracy', float('nan')):.3f}"
@@ -98,3 +98,15 @@ def train(recipe, overrides, resume, out, explain) -> None:
     # gloo group can abort in its destructor ("terminate called without an active exception")
     trainer.acc.wait_for_everyone()
     trainer.acc.end_training()
+
+
+def steps_text(steps: list[int]) -> str:
+    """Trained steps, runs shortened (``0-15``, ``3-5,13``): Mask-GRPO's full list of 16 pushed
+    the reward off a terminal line."""
+    parts: list[str] = []
+    for t in sorted(steps):
+        if parts and parts[-1][1] == t - 1:
+            parts[-1][1] = t
+        else:
+            parts.append([t, t])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in parts) or "-"

@@ -152,6 +152,15 @@ def _check_k(total: int, k: int) -> int:
     return k
 
 
+def candidate_steps(total: int, k: int) -> int:
+    """How many leading steps may be picked: 0 … T−3, or all T when k leaves no other choice.
+
+    Shared by the information-gain and random selectors, so the random-steps ablation
+    differs from MaskFocus in the choice among the same candidates only, not by also
+    drawing the last two steps (whose re-masked loss scores one or two tokens)."""
+    return total - 2 if total - 2 >= k else total
+
+
 class InfoGainSelector:
     """MaskFocus: top-k gain over steps 0 … T−3; ties go to the earlier step (stable sort).
 
@@ -168,18 +177,19 @@ class InfoGainSelector:
     def select(self, total, k, gain, generator):
         _check_k(total, k)
         g = gain.float().clone()
-        if total - 2 >= k:
-            g[total - 2:] = float("-inf")
+        g[candidate_steps(total, k):] = float("-inf")
         order = torch.sort(g, descending=True, stable=True).indices
         return order[:k].sort().values
 
 
 class RandomSelector:
+    """k distinct steps drawn uniformly from MaskFocus's candidates (0 … T−3)."""
+
     needs_gain = False
 
     def select(self, total, k, gain, generator):
         _check_k(total, k)
-        return torch.randperm(total, generator=generator)[:k].sort().values
+        return torch.randperm(candidate_steps(total, k), generator=generator)[:k].sort().values
 
 
 class UniformSelector:

@@ -167,6 +167,7 @@ class Trainer:
             self.reference = AdapterDisabled(self.policy) if self.lora else \
                 copy.deepcopy(self.policy).requires_grad_(False).eval()
         self.rollout_net = self._make_rollout_net()
+        self.ema_net = self._make_ema_net()
         params = [p for p in self.policy.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=self.cfg.lr, betas=tuple(self.cfg.betas),
                                            weight_decay=self.cfg.weight_decay)
@@ -251,6 +252,29 @@ class Trainer:
                              "train.mixed_precision: bf16 instead")
         return copy.deepcopy(self.policy).to(torch.bfloat16).requires_grad_(False).eval()
 
+    def _make_ema_net(self) -> nn.Module | None:
+        """The weight average checkpoints hand out (``train.ema_decay``), or None.
+
+        RL iterates here wander by ±0.03 held-out between checkpoints 50 iterations apart
+        (docs/shapes-rl.md); the average is what a user should evaluate and export.
+        """
+        if self.cfg.ema_decay == 0:
+            return None
+        if self.lora:
+            raise ValueError("train.ema_decay needs full fine-tuning (lora_rank: 0)")
+        return copy.deepcopy(self.policy).requires_grad_(False).eval()
+
+    @torch.no_grad()
+    def _after_optimizer_step(self, it: int) -> None:
+        """Bring the rollout copy and the weight average up to the new weights."""
+        self._sync_rollout_net()
+        if self.ema_net is None:
+            return
+        decay = min(self.cfg.ema_decay, (1 + it) / (10 + it))  # early iterations: follow the policy closely
+        ema = [p for p in self.ema_net.parameters() if p.is_floating_point()]
+        live = [p for p in self.policy.parameters() if p.is_floating_point()]
+        torch._foreach_lerp_(ema, live, 1.0 - decay)
+
     @torch.no_grad()
     def _sync_rollout_net(self) -> None:
         """Re-cast the fp32 master weights into the rollout copy (after each optimiser step)."""
@@ -273,7 +297,9 @@ class Trainer:
         policy = self.acc.unwrap_model(self.net)
 
         def fill(tmp: Path) -> None:
-            weights = policy
+            weights = policy if self.ema_net is None else self.ema_net
+            if self.ema_net is not None:  # the raw policy, for --resume
+                save_weights(policy.state_dict(), tmp / "policy.safetensors")
             if self.lora:  # model.safetensors holds merged weights, so --checkpoint/export need no peft
                 from peft import get_peft_model_state_dict
                 save_weights(get_peft_model_state_dict(policy), tmp / "lora.safetensors")
@@ -308,6 +334,9 @@ class Trainer:
             from peft import set_peft_model_state_dict
             from maskfocus_cli.io.checkpoint import read_weights
             set_peft_model_state_dict(self.acc.unwrap_model(self.net), read_weights(path / "lora.safetensors"))
+        elif self.ema_net is not None:  # model.safetensors holds the average
+            load_weights(self.acc.unwrap_model(self.net), path / "policy.safetensors")
+            load_weights(self.ema_net, path / "model.safetensors")
         else:
             load_weights(self.acc.unwrap_model(self.net), path / "model.safetensors")
         try:
@@ -435,6 +464,7 @@ class Trainer:
         self.acc.backward(loss)
         grad_norm = self._clip()
         self.optimizer.step()
+        self._after_optimizer_step(it)
         return {"loss": float(loss.detach()), **stats, "grad_norm": grad_norm,
                 "time": {"total": time.perf_counter() - t0}}
 
@@ -507,7 +537,7 @@ class Trainer:
                                            n_keep_global, epoch)
                 grad_norm = self._clip()
                 self.optimizer.step()
-                self._sync_rollout_net()
+                self._after_optimizer_step(it)
                 if epoch == 0:  # loss and KL of the on-policy pass; clipping counts every pass (it bites
                     stats.update(e_stats)  # only from the second on, where the ratio has moved)
                 else:
@@ -677,14 +707,16 @@ class Trainer:
     # ------------------------------------------------------------------ evaluation grids
     @torch.no_grad()
     def _standard_samples(self, prompts: list[str], seeds: list[int]):
-        """Images of the policy with the standard step (no routing, eval sampler), in micro-batches."""
+        """Images of the model a checkpoint hands out (the weight average if kept, else the policy) with
+        the standard step (no routing, eval sampler), in micro-batches."""
+        net = self.policy if self.ema_net is None else self.ema_net
         was = self.policy.training
         self.policy.eval()
         step = max(1, self.cfg.micro_batch)
         for lo in range(0, len(prompts), step):
             p = prompts[lo:lo + step]
             res = sample(self.adapter, self.encoder(p), self.encoder([""] * len(p)), seeds[lo:lo + step],
-                         self.eval_settings, net=self.policy)
+                         self.eval_settings, net=net)
             yield lo, self.adapter.decode(res.tokens)
         self.policy.train(was)
 

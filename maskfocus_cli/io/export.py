@@ -65,15 +65,20 @@ def model_card(card: dict, family: str) -> str:
         f"# {family} model fine-tuned with maskfocus", "",
         f"* base model: `{card['base_model']}`",
         f"* algorithm: `{card['algorithm']}`",
-        f"* iterations: {card['iteration']}",
+        f"* iterations completed: {card['iteration']}",
         f"* dtype: {card['dtype']}",
         f"* exported from: `{card['source_checkpoint']}`",
     ]
+    ema = ((card.get("recipe") or {}).get("train") or {}).get("ema_decay")
+    if ema:
+        lines.append(f"* weights: moving average of the policy (train.ema_decay {ema})")
     if reward is not None:
         lines.append(f"* reward at the last iteration: {reward:.4f}")
     flat = flat_metrics(m)
     if flat:
-        lines += ["", "## Final metrics (last training iteration)", ""]
+        last = m.get("iteration")  # metrics.jsonl numbers iterations from 0: N completed end at N - 1
+        where = f" (metrics.jsonl row `iteration: {last}`)" if last is not None else ""
+        lines += ["", f"## Final metrics: the last training iteration{where}", ""]
         lines += [f"* {k}: {v:.6g}" if isinstance(v, float) else f"* {k}: {v}" for k, v in flat.items()]
     lines += ["", f"Load it with `maskfocus sample --model {family}:THIS_FOLDER \"a prompt\"`.", "",
               "## Recipe", "", "```json", json.dumps(card.get("recipe", {}), indent=2), "```", ""]

@@ -27,6 +27,8 @@ data: {{num_eval_prompts: 0}}
     assert facts["algorithm"] == "maskfocus" and facts["iteration"] == 1
     card = (tmp_path / "model" / "README.md").read_text()
     assert "maskfocus" in card and "base model" in card
+    # one iteration ran: the card counts it as 1 and names its metrics row, numbered from 0
+    assert "* iterations completed: 1" in card and "metrics.jsonl row `iteration: 0`" in card
 
     def sample(model, out, *extra):
         r = runner.invoke(main, ["sample", "a photo of a blue cross", "--n", 2, "--steps", 4, "--model", model,

@@ -100,6 +100,39 @@ def test_bf16_rollouts_track_the_policy_and_resume_exactly(tmp_path, tiny_shapes
     assert fp32.rollout_net is fp32.policy
 
 
+def test_weight_average_is_what_checkpoints_hand_out_and_resumes_exactly(tmp_path, tiny_shapes_dir):
+    """train.ema_decay: model.safetensors = the average, by hand from the saved policy iterates
+    (decay min(0.5, (1+i)/(10+i)) = 0.1, 2/11, 0.25 at iterations 0-2); policy.safetensors = the raw
+    policy; a resumed run's average and policy are bit-identical to the uninterrupted run's."""
+    ema = ["train.ema_decay=0.5"]
+    full = Trainer(load_recipe(recipe_file(tmp_path, tiny_shapes_dir, out="full"), ema))
+    base = {k: v.detach().clone() for k, v in full.policy.state_dict().items()}
+    full.run()
+    ck = tmp_path / "full" / "checkpoints"
+    avg = dict(base)
+    for i, decay in enumerate([0.1, 2 / 11, 0.25]):
+        live = read_weights(ck / f"step-{i + 1}" / "policy.safetensors")
+        avg = {k: torch.lerp(avg[k], live[k], 1 - decay) for k in avg}
+    got = read_weights(ck / "step-3" / "model.safetensors")
+    assert got.keys() == avg.keys()
+    assert all(torch.allclose(got[k], avg[k], rtol=0, atol=1e-6) for k in avg)
+    raw = read_weights(ck / "step-3" / "policy.safetensors")
+    assert all(torch.equal(raw[k], v.detach()) for k, v in full.policy.state_dict().items())
+    assert not all(torch.equal(got[k], raw[k]) for k in raw)  # the average lags the policy
+
+    part = Trainer(load_recipe(recipe_file(tmp_path, tiny_shapes_dir, out="part"), ema))
+    part.run(stop_after=2)
+    Trainer(load_recipe(recipe_file(tmp_path, tiny_shapes_dir, out="part"), ema)).run(resume="latest")
+    for name in ("model.safetensors", "policy.safetensors"):
+        a, b = read_weights(ck / "step-3" / name), read_weights(tmp_path / "part" / "checkpoints" / "step-3" / name)
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    res = CliRunner().invoke(main, ["export", str(ck / "step-3"), "--to", str(tmp_path / "model")])
+    assert res.exit_code == 0, res.output
+    assert "moving average of the policy (train.ema_decay 0.5)" in (tmp_path / "model" / "README.md").read_text()
+    with pytest.raises(ValueError, match="ema_decay needs full fine-tuning"):
+        Trainer(load_recipe(recipe_file(tmp_path, tiny_shapes_dir, out="lora"), ema + ["train.lora_rank=2"]))
+
+
 def test_validation_reward_is_logged_and_resume_stays_exact(tmp_path, tiny_shapes_dir):
     sets = ["output.validate_every=2", "data.num_validation_prompts=3"]
     full = Trainer(load_recipe(recipe_file(tmp_path, tiny_shapes_dir, out="full"), sets))
@@ -158,6 +191,13 @@ def test_train_cli_end_to_end(tmp_path, tiny_shapes_dir):
     (ckpt / "config.json").write_text(json.dumps({**cfg, "text_attends_image": True}))
     res = CliRunner().invoke(main, ["train", str(p), "--set", "train.iterations=3", "--resume", "latest"])
     assert res.exit_code == 2 and "another shapes architecture" in res.output, res.output
+
+
+def test_progress_shortens_runs_of_trained_steps():
+    from maskfocus_cli.cli.train import steps_text
+    assert steps_text(list(range(16))) == "0-15"  # Mask-GRPO: every step
+    assert steps_text([13, 3, 4, 5]) == "3-5,13"
+    assert steps_text([0, 2, 4]) == "0,2,4" and steps_text([7]) == "7" and steps_text([]) == "-"
 
 
 @pytest.mark.parametrize("override, message", [

@@ -177,6 +177,18 @@ def test_random_selector_sorted_distinct_and_seeded():
     assert RandomSelector().select(6, 6, None, G).tolist() == list(range(6))
 
 
+def test_random_steps_are_drawn_from_the_info_gain_candidates():
+    """Like info-gain, the random ablation never spends a step on T−2 / T−1 (16 steps: 0-13) while k
+    leaves a choice, but draws every candidate; with k > T−2 the last two are allowed."""
+    drawn = set()
+    for seed in range(300):
+        drawn |= set(RandomSelector().select(16, 3, None, torch.Generator().manual_seed(seed)).tolist())
+    assert drawn == set(range(14))
+    assert RandomSelector().select(4, 3, None, G).tolist() in ([0, 1, 2], [0, 1, 3], [0, 2, 3], [1, 2, 3])
+    assert sorted({int(t) for s in range(50) for t in RandomSelector().select(4, 3, None,
+                   torch.Generator().manual_seed(s))}) == [0, 1, 2, 3]
+
+
 @pytest.mark.parametrize("cls", [InfoGainSelector, RandomSelector, UniformSelector, FirstSelector, LastSelector])
 def test_k_out_of_range_is_a_user_error(cls):
     gain = torch.rand(4)
