@@ -255,8 +255,9 @@ class Trainer:
     def _make_ema_net(self) -> nn.Module | None:
         """The weight average checkpoints hand out (``train.ema_decay``), or None.
 
-        RL iterates here wander by ±0.03 held-out between checkpoints 50 iterations apart
-        (docs/shapes-rl.md); the average is what a user should evaluate and export.
+        On the shapes world, checkpoints 50 iterations apart differ by up to 0.05 held-out
+        (docs/shapes-rl.md, tenth round): the average takes the lottery out of where a time
+        budget happens to stop, so it is what evaluate / export should see.
         """
         if self.cfg.ema_decay == 0:
             return None
