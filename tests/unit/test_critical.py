@@ -184,7 +184,6 @@ def test_random_steps_are_drawn_from_the_info_gain_candidates():
     for seed in range(300):
         drawn |= set(RandomSelector().select(16, 3, None, torch.Generator().manual_seed(seed)).tolist())
     assert drawn == set(range(14))
-    assert RandomSelector().select(4, 3, None, G).tolist() in ([0, 1, 2], [0, 1, 3], [0, 2, 3], [1, 2, 3])
     assert sorted({int(t) for s in range(50) for t in RandomSelector().select(4, 3, None,
                    torch.Generator().manual_seed(s))}) == [0, 1, 2, 3]
 
