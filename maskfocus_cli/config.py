@@ -333,6 +333,17 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
+def flatten(d: dict, prefix: str = "") -> dict:
+    """Nested dicts → ``a.b.c`` keys (lists and scalars are leaves): recipe diffs, model-card metrics."""
+    out: dict = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def value_at(obj: Any, key: str) -> Any:
     """A dotted recipe key's value, e.g. ``value_at(recipe, "train.lr")``."""
     for part in key.split("."):

@@ -29,7 +29,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from maskfocus_cli.config import Recipe, to_dict
+from maskfocus_cli.config import Recipe, flatten, to_dict
 from maskfocus_cli.engine.critical import (make_embedder, make_selector, select_steps, shared_gain,
                                            trajectory_gain)
 from maskfocus_cli.engine.data import load_prompt_source, prompt_weights
@@ -97,19 +97,9 @@ RESUME_FREE = ("train.iterations", "train.time_budget_minutes", "output.", "mode
                "data.num_eval_prompts", "data.num_validation_prompts", "eval_sampler")
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def recipe_changes(saved: dict, now: dict) -> list[str]:
     """'key: saved → now' for every field that differs and would change what a resumed run computes."""
-    a, b = _flatten(saved), _flatten(now)
+    a, b = flatten(saved), flatten(now)
     keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and not k.startswith(RESUME_FREE))
     return [f"{k}: {a.get(k)!r} → {b.get(k)!r}" for k in keys]
 

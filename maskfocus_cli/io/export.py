@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from maskfocus_cli.config import flatten
 from maskfocus_cli.io.checkpoint import CheckpointError, atomic_write_bytes, read_json
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -85,16 +86,7 @@ def model_card(card: dict, family: str) -> str:
     return "\n".join(lines)
 
 
-def flat_metrics(row: dict, prefix: str = "") -> dict:
+def flat_metrics(row: dict) -> dict:
     """Scalar metrics of a metrics.jsonl row as ``a.b`` keys (timings left out: not model facts)."""
-    out: dict = {}
-    for k, v in row.items():
-        if k == "time" and not prefix:
-            continue
-        if isinstance(v, dict):
-            out.update(flat_metrics(v, f"{prefix}{k}."))
-        elif isinstance(v, (int, float, str, bool)) or v is None:
-            out[f"{prefix}{k}"] = v
-        elif isinstance(v, list) and len(v) <= 16:
-            out[f"{prefix}{k}"] = v
-    return out
+    return {k: v for k, v in flatten({k: v for k, v in row.items() if k != "time"}).items()
+            if isinstance(v, (int, float, str, bool)) or v is None or (isinstance(v, list) and len(v) <= 16)}
