@@ -14,7 +14,10 @@ from maskfocus_cli.cli.common import emit, ensure_writable_dir, stderr
               help="Weights format.")
 @click.option("--dtype", default="fp32", show_default=True, type=click.Choice(["fp32", "bf16", "fp16"]),
               help="Weights dtype of the export.")
-def export(checkpoint, to, fmt, dtype) -> None:
+@click.option("--model", "model", default=None, metavar="SPEC",
+              help="The base model, if it has moved since training (e.g. amused:/models/amused-256); default: "
+                   "the one the checkpoint records.")
+def export(checkpoint, to, fmt, dtype, model) -> None:
     """Turn a training checkpoint (runs/X/checkpoints/step-N) into a model folder.
 
     \b
@@ -24,6 +27,6 @@ def export(checkpoint, to, fmt, dtype) -> None:
     """
     from maskfocus_cli.io.export import export_checkpoint
     ensure_writable_dir(to, "--to")
-    facts = export_checkpoint(checkpoint, to, dtype)
+    facts = export_checkpoint(checkpoint, to, dtype, model)
     stderr.print(f"[green]exported[/] {checkpoint} → {to}")
     emit(facts)

@@ -64,7 +64,7 @@ def profile_steps(prompt_args, prompts_file, model_spec, checkpoint, device, dty
     maskfocus profile-steps --prompts prompts.txt --steps 16 --top-k 3 --out PROFILE
     maskfocus profile-steps "a photo of a red circle" --n 8 --out P | jq 'select(.critical)'
     """
-    from maskfocus_cli.engine.critical import make_embedder
+    from maskfocus_cli.engine.critical import candidate_steps, make_embedder
     from maskfocus_cli.engine.profile import check_profile_options, profile_steps as run_profile
     from maskfocus_cli.io.checkpoint import atomic_write_json
     from maskfocus_cli.io.profile_plot import write_profile_plot
@@ -112,7 +112,8 @@ def profile_steps(prompt_args, prompts_file, model_spec, checkpoint, device, dty
     stderr.print(profile_table(result, title=f"step profile ({len(prompts)} prompts × {n} images, "
                                              f"embed={embed}{', routing' if routing else ''})"))
     conc = summary["gain_concentration"]
-    stderr.print(f"recommended critical steps (top-{top_k} of the mean gain, steps 0..T-3): "
+    last = candidate_steps(steps, top_k) - 1  # 0..T-3, or every step when top-k leaves no other choice
+    stderr.print(f"recommended critical steps (top-{top_k} of the mean gain over steps 0..{last}): "
                  f"{summary['critical_steps']}"
                  + (f" — {conc:.0%} of the total gain" if conc is not None else ""))
     stderr.print(f"wrote {out_dir / 'summary.json'} and {out_dir / 'profile.png'}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+
 import click
 
 from maskfocus_cli.cli.common import emit, stderr
@@ -65,6 +67,8 @@ def train(recipe, overrides, resume, out, explain) -> None:
 
     trainer = Trainer(cfg, log=lambda m: stderr.print(f"[yellow]{m}"))
     trainer.start(resume)  # folder / resume problems: a one-line error before any progress output
+    # SIGTERM (Slurm pre-emption, `kill`): finish the iteration, checkpoint, exit 143 — resumable
+    previous = signal.signal(signal.SIGTERM, lambda *_: setattr(trainer, "stop_requested", True))
     main = trainer.acc.is_main_process
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
@@ -87,17 +91,29 @@ def train(recipe, overrides, resume, out, explain) -> None:
             if main:
                 emit(row)
 
-        history = trainer.run(resume=resume, on_iteration=on_iteration)
+        try:
+            history = trainer.run(resume=resume, on_iteration=on_iteration)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
         bar.update(task, completed=trainer.state.iteration)
+    if trainer.stop_requested:
+        trainer.acc.end_training()
+        stderr.print(f"terminated after {plural(trainer.state.iteration, 'iteration')}; continue with "
+                     f"--resume latest --out {trainer.run_dir}")
+        raise SystemExit(143)
     if main:
         trainer.sample_grid("final")
         if history:
             reward_curve(history, trainer.run_dir / "reward.png", title=f"{cfg.train.algorithm} · {recipe}")
-        stderr.print(f"[green]done[/]: {trainer.state.iteration} iterations → {trainer.run_dir}")
+        stderr.print(f"[green]done[/]: {plural(trainer.state.iteration, 'iteration')} → {trainer.run_dir}")
     # every rank waits for rank 0's grid, then tears the process group down: a rank that exits with a live
     # gloo group can abort in its destructor ("terminate called without an active exception")
     trainer.acc.wait_for_everyone()
     trainer.acc.end_training()
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
 
 
 def steps_text(steps: list[int]) -> str:

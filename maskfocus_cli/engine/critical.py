@@ -60,9 +60,9 @@ class ClipEmbedder:
         self.batch_size = batch_size
         if clip_model is None:
             if weights is None:
-                raise ValueError("--embed clip needs open_clip weights: pass --clip-weights PATH (a local "
-                                 f"open_clip checkpoint for {model}, e.g. open_clip_pytorch_model.bin), "
-                                 "or use --embed codebook")
+                raise ValueError("embed clip needs open_clip weights: give a local open_clip checkpoint for "
+                                 f"{model} (e.g. open_clip_pytorch_model.bin) with --clip-weights PATH "
+                                 "(recipes: critical.clip_weights), or use the codebook embedding")
             import open_clip
             from pathlib import Path
             if not Path(weights).is_file():

@@ -39,6 +39,7 @@ from maskfocus_cli.engine.sampling import (PromptEncoder, SamplerSettings, Traje
                                            mask_counts, step_info)
 from maskfocus_cli.io.checkpoint import CheckpointError, atomic_dir, atomic_write_json, read_json, save_weights
 from maskfocus_cli.models.base import MaskedT2IAdapter, index_cond
+from maskfocus_cli.models.loading import absolute_spec
 
 
 def derive_seed(*parts) -> int:
@@ -102,6 +103,10 @@ def recipe_changes(saved: dict, now: dict) -> list[str]:
     a, b = flatten(saved), flatten(now)
     keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and not k.startswith(RESUME_FREE))
     return [f"{k}: {a.get(k)!r} → {b.get(k)!r}" for k in keys]
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path.resolve().is_relative_to(folder.resolve())
 
 
 def holds_run(run_dir: Path) -> bool:
@@ -171,6 +176,8 @@ class Trainer:
         self.encoder = PromptEncoder(self.adapter)
         self.state = RunState()
         self._started = False
+        self.stop_requested = False  #: set from a signal handler: stop after the current iteration
+        self._check_eval_prompts()
         if self.cfg.algorithm != "pretrain":
             self.prompts = load_prompt_source(recipe.data.prompts)
             self.prompt_weights = prompt_weights(self.prompts, recipe.data.tag_weights, recipe.data.prompts)
@@ -194,6 +201,20 @@ class Trainer:
                                       fidelity=recipe.data.caption_fidelity or None)
 
     # ------------------------------------------------------------------ set-up helpers
+    def _check_eval_prompts(self) -> None:
+        """A bad ``data.eval_prompts`` fails now, not at the first grid (or after the last iteration)."""
+        d, o = self.recipe.data, self.recipe.output
+        used = d.num_eval_prompts > 0 or (o.validate_every > 0 and self.cfg.algorithm != "pretrain")
+        if not used:
+            return
+        try:
+            rows = load_prompt_source(d.eval_prompts)
+        except ValueError as e:
+            raise ValueError(f"data.eval_prompts: {e}; or set data.num_eval_prompts: 0 for no sample grids") from None
+        if not rows:
+            raise ValueError(f"data.eval_prompts {d.eval_prompts} holds no prompts: give a prompt file, or set "
+                             "data.num_eval_prompts: 0 for no sample grids")
+
     def _keep_fp32_weights(self) -> None:
         """Full fine-tuning updates the weights themselves, so they stay fp32.
 
@@ -278,6 +299,9 @@ class Trainer:
         from maskfocus_cli.rewards.composite import CompositeReward, RewardSpec
         if not self.recipe.rewards:
             raise ValueError("the recipe has no rewards: add e.g. `rewards: [{name: shapes-geneval}]`")
+        if all(r.weight == 0 for r in self.recipe.rewards):
+            raise ValueError("every reward has weight 0, so every advantage would be 0 and nothing would train: "
+                             "give at least one reward a non-zero weight")
         specs = [RewardSpec(name=r.name, weight=r.weight, options=dict(r.options)) for r in self.recipe.rewards]
         return CompositeReward(specs)
 
@@ -307,7 +331,7 @@ class Trainer:
             torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()},
                        tmp / "training_state.pt")
             atomic_write_json(tmp / "trainer.json", {
-                "iteration": it, "algorithm": self.cfg.algorithm, "model": self.recipe.model.spec,
+                "iteration": it, "algorithm": self.cfg.algorithm, "model": absolute_spec(self.recipe.model.spec),
                 "recipe": to_dict(self.recipe), "last_metrics": self.state.history[-1] if self.state.history else {}})
 
         if self.acc.is_main_process:
@@ -371,6 +395,13 @@ class Trainer:
                 raise ValueError(f"cannot write to the run folder {self.run_dir}: {e.strerror or e} (choose a "
                                  "writable folder with --out or output.dir)") from None
         ckpt = find_resume(self.run_dir, resume)
+        if resume == "latest" and ckpt is None:  # a mistyped folder must not start a fresh multi-hour run
+            raise CheckpointError(f"--resume latest: no checkpoint in {self.run_dir / 'checkpoints'} (check --out / "
+                                  "output.dir, or drop --resume to start a new run there)")
+        if ckpt is not None and holds_run(self.run_dir) and not _inside(ckpt, self.run_dir):
+            raise CheckpointError(f"--resume {ckpt}: {self.run_dir} already holds another run, and continuing "
+                                  "there would mix the two runs' checkpoints and metrics; choose a new --out "
+                                  "(output.dir)")
         if ckpt is not None:
             saved = read_json(ckpt / "trainer.json").get("recipe")
             changes = recipe_changes(saved, to_dict(self.recipe)) if isinstance(saved, dict) else []
@@ -382,9 +413,7 @@ class Trainer:
             self.load_checkpoint(ckpt)
             self.log(f"resumed from {ckpt} at iteration {self.state.iteration}")
         else:
-            if resume == "latest":
-                self.log(f"no checkpoint in {self.run_dir / 'checkpoints'}: starting a new run")
-            elif holds_run(self.run_dir):
+            if holds_run(self.run_dir):
                 raise CheckpointError(f"{self.run_dir} already holds a run (checkpoints / metrics.jsonl): continue "
                                       "it with --resume latest, or choose a new --out (output.dir)")
             if self.acc.is_main_process and (self.run_dir / "metrics.jsonl").exists():
@@ -402,12 +431,12 @@ class Trainer:
         started = time.monotonic()
         budget = self.cfg.time_budget_minutes * 60
         while self.state.iteration < end:
-            if budget and self._out_of_time(started, budget):
-                self.log(f"time budget of {self.cfg.time_budget_minutes:g} min reached at iteration "
-                         f"{self.state.iteration}")
+            reason = self._stop_reason(started, budget)
+            if reason:
                 if not checkpoint_dirs(self.run_dir) or checkpoint_dirs(self.run_dir)[-1].name != \
                         f"step-{self.state.iteration}":
                     self.save_checkpoint()
+                self.log(f"{reason} at iteration {self.state.iteration} (checkpoint step-{self.state.iteration})")
                 break
             it = self.state.iteration
             row = self.pretrain_iteration(it) if self.cfg.algorithm == "pretrain" else self.rl_iteration(it)
@@ -431,12 +460,19 @@ class Trainer:
                 self.sample_grid(f"iter-{it + 1:05d}")
         return self.state.history
 
-    def _out_of_time(self, started: float, budget: float) -> bool:
-        """All ranks agree (rank 0's clock decides), so DDP never splits on the stop."""
-        over = torch.tensor([float(time.monotonic() - started >= budget)], device=self.acc.device)
+    def _stop_reason(self, started: float, budget: float) -> str:
+        """Why the loop stops before the next iteration ('' = it goes on): the time budget (rank 0's
+        clock decides) or a termination signal on any rank; all ranks agree, so DDP never splits."""
+        flags = torch.tensor([float(bool(budget) and time.monotonic() - started >= budget),
+                              float(self.stop_requested)], device=self.acc.device)
         if self.acc.num_processes > 1:
-            over = self.acc.gather(over)[:1]
-        return bool(over.item())
+            both = self.acc.gather(flags[None]).cpu()
+            flags = torch.stack([both[0, 0], both[:, 1].max()])
+        if flags[1]:
+            return "stop requested (SIGTERM)"
+        if flags[0]:
+            return f"time budget of {self.cfg.time_budget_minutes:g} min reached"
+        return ""
 
     # ------------------------------------------------------------------ pretraining
     def pretrain_iteration(self, it: int) -> dict:

@@ -13,8 +13,10 @@ from maskfocus_cli.io.checkpoint import CheckpointError, atomic_write_bytes, rea
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def export_checkpoint(checkpoint: str | Path, to: str | Path, dtype: str = "fp32") -> dict:
-    """Write a folder loadable by ``--model FAMILY:DIR``; returns the model card facts."""
+def export_checkpoint(checkpoint: str | Path, to: str | Path, dtype: str = "fp32", model: str | None = None) -> dict:
+    """Write a folder loadable by ``--model FAMILY:DIR``; returns the model card facts.
+
+    ``model`` points at the base model when it has moved since training (same family)."""
     from maskfocus_cli.models.loading import load_model, parse_spec
     ckpt = Path(checkpoint)
     if not (ckpt / "trainer.json").is_file():
@@ -25,6 +27,11 @@ def export_checkpoint(checkpoint: str | Path, to: str | Path, dtype: str = "fp32
     info = read_json(ckpt / "trainer.json")
     spec = info.get("model", "shapes")
     family, _ = parse_spec(spec)
+    if model is not None:
+        if parse_spec(model)[0] != family:
+            raise ValueError(f"--model {model}: the checkpoint was trained from a {family} model ({spec}); "
+                             f"give its {family}:DIR")
+        spec = model
     out = Path(to)
     if out.exists() and any(out.iterdir()):
         raise ValueError(f"--to {to} exists and is not empty: choose a new folder")
@@ -48,15 +55,14 @@ def export_checkpoint(checkpoint: str | Path, to: str | Path, dtype: str = "fp32
 
 
 def check_base_model(spec: str, ckpt: Path) -> None:
-    """The base model the run recorded must still be where it was: export has no --model to point
-    elsewhere, so say which record to fix instead of the loader's '--model ...: no such folder'."""
+    """The base model the run recorded must still be where it was, or be named with --model: say so
+    instead of the loader's '--model ...: no such folder'."""
     from maskfocus_cli.models.folders import HUB_ID
     from maskfocus_cli.models.loading import parse_spec
     _, path = parse_spec(spec)
     if path and not Path(path).expanduser().exists() and not HUB_ID.match(path):
         raise ValueError(f"the checkpoint's base model {spec} (model.spec in its recipe) is missing: no folder "
-                         f"{path}; put the base model folder back there, or set \"model\" in "
-                         f"{ckpt / 'trainer.json'} to where it is now (e.g. \"{spec.partition(':')[0]}:NEW_DIR\")")
+                         f"{path}; name where it is now with --model {spec.partition(':')[0]}:DIR")
 
 
 def model_card(card: dict, family: str) -> str:

@@ -27,6 +27,15 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
     return family, (path or None)
 
 
+def absolute_spec(spec: str) -> str:
+    """'family:relative/dir' → 'family:/absolute/dir' when the folder exists here (hub ids and the
+    built-in model unchanged), so a record of it still points there from another working directory."""
+    family, path = parse_spec(spec)
+    if path and Path(path).expanduser().is_dir():
+        return f"{family}:{Path(path).expanduser().resolve()}"
+    return spec
+
+
 def resolve_device(device: str = "auto") -> torch.device:
     """'auto' | 'cpu' | 'cuda' | 'cuda:N' → a usable device, or a ValueError the CLI shows in one line
     (the value comes from --device or a recipe's model.device, so the message names neither flag)."""

@@ -327,7 +327,7 @@ def load_shapes_model(folder: str | Path | None = None) -> ShapesAdapter:
     missing = [f for f in needed if not (folder / f).is_file()]
     if missing:
         raise ValueError(f"{folder} is not a shapes model folder: missing {', '.join(missing)} "
-                         f"(expected {', '.join(needed)}; make one with `maskfocus export`)")
+                         f"(expected {', '.join(needed)}, as `maskfocus export` and training checkpoints write them)")
     model = ShapesTransformer(read_shapes_config(folder))
     load_weights(model, folder / "model.safetensors")
     model.eval()

@@ -72,7 +72,7 @@ def test_profile_steps_end_to_end(tiny_shapes, tmp_path):
         im.load()
         assert im.format == "PNG" and im.width > 600 and im.height > 400
     assert "step profile" in res.stderr and "★" in res.stderr
-    assert "recommended critical steps" in res.stderr
+    assert "recommended critical steps (top-3 of the mean gain over steps 0..13)" in res.stderr
 
 
 def test_positional_prompts_from_stdin_and_routing(tiny_shapes, tmp_path):
@@ -86,6 +86,7 @@ def test_positional_prompts_from_stdin_and_routing(tiny_shapes, tmp_path):
     # the median; afterwards their grids differ and exactly one of the two explores
     assert [r["explore_fraction"] for r in rows] == [0.0, 0.5, 0.5, 0.5]
     assert json.loads((tmp_path / "o" / "summary.json").read_text())["routing"] is True
+    assert "top-2 of the mean gain over steps 0..1)" in res.stderr  # T−2 candidates
 
 
 @pytest.mark.parametrize("args, message", [

@@ -156,6 +156,32 @@ def test_train_export_round_trip(family, lora_rank, tiny_folders, prompt_file, t
         assert images.shape[0] == 1 and torch.isfinite(images).all()
 
 
+def test_export_follows_a_relative_or_moved_base_model(tiny_folders, prompt_file, tmp_path, monkeypatch):
+    """A run started with a relative model path exports from any directory, and a base model moved
+    since training is named with --model (not by hand-editing trainer.json)."""
+    import shutil
+    base = tmp_path / "bases" / "amused"
+    shutil.copytree(tiny_folders["amused"], base)
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "run"
+    invoke(["train", recipe(tmp_path, "amused:bases/amused", prompt_file, run)])
+    ckpt = run / "checkpoints" / "step-1"
+    assert json.loads((ckpt / "trainer.json").read_text())["model"] == f"amused:{base.resolve()}"
+    monkeypatch.chdir(run)  # another working directory
+    invoke(["export", ckpt, "--to", tmp_path / "e1"])
+    moved = tmp_path / "moved"
+    base.rename(moved)
+    for args, message in [([], "name where it is now with --model amused:DIR"),
+                          (["--model", f"meissonic:{moved}"], "trained from a amused model")]:
+        res = CliRunner().invoke(main, ["export", str(ckpt), "--to", str(tmp_path / "e2"), *args])
+        assert res.exit_code == 2 and message in res.stderr, res.output
+        assert len(res.stderr.strip().splitlines()) == 1
+    invoke(["export", ckpt, "--to", tmp_path / "e3", "--model", f"amused:{moved}"])
+    assert (tmp_path / "e3" / "transformer" / "diffusion_pytorch_model.safetensors").read_bytes() == \
+           (tmp_path / "e1" / "transformer" / "diffusion_pytorch_model.safetensors").read_bytes()
+    assert f"base model: `amused:{moved}`" in (tmp_path / "e3" / "README.md").read_text()
+
+
 @pytest.fixture(scope="session")
 def tiny_showo(tmp_path_factory) -> Path:
     from maskfocus_cli.models.showo_tiny import build_tiny_showo

@@ -369,25 +369,77 @@ def test_a_run_folder_is_never_overwritten_or_resumed_with_another_recipe(tmp_pa
     refused("--set", "train.iterations=1", message="already holds a run")  # a fresh run into it
     refused("--set", "train.group_size=2", "--resume", "latest", message="train.group_size: 4 → 2")
     refused("--set", "train.algorithm=mask-grpo", "--resume", "latest", message="train.algorithm")
+    # a checkpoint of another run is never grafted into this one
+    other = recipe_file(tmp_path, tiny_shapes_dir, out="other")
+    assert CliRunner().invoke(main, ["train", str(other), "--set", "train.iterations=1"]).exit_code == 0
+    refused("--set", "train.iterations=3", "--resume", str(tmp_path / "other" / "checkpoints" / "step-1"),
+            message="already holds another run")
     # how long it runs may change on resume
     res = CliRunner().invoke(main, ["train", str(p), "--set", "train.iterations=3", "--resume", "latest"])
     assert res.exit_code == 0, res.output
     assert len((tmp_path / "r" / "metrics.jsonl").read_text().splitlines()) == 3
-    # --resume latest with nothing to resume says so and starts a new run
+    # --resume latest where there is nothing to resume (a mistyped --out) refuses instead of starting afresh
     q = recipe_file(tmp_path, tiny_shapes_dir, out="new")
     res = CliRunner().invoke(main, ["train", str(q), "--set", "train.iterations=1", "--resume", "latest"])
-    assert res.exit_code == 0 and "no checkpoint in" in res.stderr and "starting a new run" in res.stderr
+    assert res.exit_code == 2 and "no checkpoint in" in res.output and "drop --resume" in res.output, res.output
+    assert not (tmp_path / "new" / "metrics.jsonl").exists()
+    # a checkpoint of another run may start a new folder (a branch), and one of this run's own rewinds it
+    res = CliRunner().invoke(main, ["train", str(q), "--set", "train.iterations=2", "--resume",
+                                    str(tmp_path / "other" / "checkpoints" / "step-1")])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(main, ["train", str(p), "--set", "train.iterations=3", "--resume",
+                                    str(tmp_path / "r" / "checkpoints" / "step-2")])
+    assert res.exit_code == 0, res.output
 
 
 def test_run_folder_and_reward_option_mistakes_are_one_line_errors(tmp_path, tiny_shapes_dir):
     p = recipe_file(tmp_path, tiny_shapes_dir)
     (tmp_path / "afile").write_text("x")
+    (tmp_path / "empty.txt").write_text("\n")
     for args, message in [(["--out", str(tmp_path / "afile")], "cannot write to the run folder"),
                           (["--set", "rewards=[{name: shapes-geneval, options: {partal: true}}]"],
-                           "unknown option 'partal' (valid: partial")]:
+                           "unknown option 'partal' (valid: partial"),
+                          (["--set", "rewards=[{name: brightness, weight: 0}]"], "every reward has weight 0"),
+                          # the grid's prompts are read before the first iteration, not at the first grid
+                          (["--set", "data.eval_prompts=/no/such/prompts.jsonl"],
+                           "data.eval_prompts: prompt file not found: /no/such/prompts.jsonl"),
+                          (["--set", f"data.eval_prompts={tmp_path / 'empty.txt'}"], "holds no prompts")]:
         res = CliRunner().invoke(main, ["train", str(p), *args])
         assert res.exit_code == 2 and message in res.output and "Traceback" not in res.output, res.output
         assert len(res.output.strip().splitlines()) == 1, res.output
+        assert not (tmp_path / "run" / "metrics.jsonl").exists()
+    # no grids and no validation: the eval prompts are never read, so a placeholder path is fine
+    res = CliRunner().invoke(main, ["train", str(p), "--set", "train.iterations=1", "--set",
+                                    "data.num_eval_prompts=0", "--set", "data.eval_prompts=/path/to/later.jsonl"])
+    assert res.exit_code == 0, res.output
+    assert "done: 1 iteration →" in res.stderr
+
+
+def test_sigterm_finishes_the_iteration_checkpoints_and_the_run_resumes(tmp_path, tiny_shapes_dir):
+    """Slurm pre-emption / `kill`: the run stops after the current iteration with a checkpoint, exit 143."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    p = recipe_file(tmp_path, tiny_shapes_dir, out="t")
+    cmd = [sys.executable, "-m", "maskfocus_cli", "train", str(p), "--set", "train.iterations=50",
+           "--set", "output.checkpoint_every=100", "--set", "data.num_eval_prompts=0"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    first = json.loads(proc.stdout.readline())  # iteration 0 is done: the loop is running
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    n = 1 + len(out.splitlines())  # iterations completed before the stop
+    assert first["iteration"] == 0 and n < 50
+    assert [c.name for c in (tmp_path / "t" / "checkpoints").iterdir()] == [f"step-{n}"]
+    assert "--resume latest" in err and "Traceback" not in err
+    res = CliRunner().invoke(main, ["train", str(p), "--set", f"train.iterations={n + 1}", "--set",
+                                    "output.checkpoint_every=100", "--set", "data.num_eval_prompts=0",
+                                    "--resume", "latest"])
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(l) for l in (tmp_path / "t" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in rows] == list(range(n + 1))
 
 
 def test_maskfocus_loss_is_beta_times_the_logged_kl_per_sample_and_step(tmp_path, tiny_shapes_dir):
