@@ -32,6 +32,7 @@ from .prompts import validate_geneval_row
 
 _DIGITS_PNG = re.compile(r"^(\d+)\.png$")
 _T2I_PNG = re.compile(r"^(.+)_(\d+)\.png$")
+_PROMPT_DIR = re.compile(r"^[0-9]+$")
 
 
 # ---------------------------------------------------------------- GenEval
@@ -88,8 +89,15 @@ def scan_geneval(images_dir: str | Path) -> list[GenEvalPrompt]:
         try:
             # Official writer uses json.dump (one object, maybe no newline); a JSONL line is the same thing.
             metadata = json.loads(text.splitlines()[0] if text else "")
+        except (json.JSONDecodeError, IndexError) as e:
+            raise ValueError(f"{meta_path}: invalid GenEval metadata ({e})") from None
+        if isinstance(metadata, dict) and set(metadata) == {"prompt"}:
+            raise ValueError(f"{meta_path}: holds only a prompt, not GenEval metadata (tag, include): write the "
+                             f"images with `maskfocus sample --prompts FILE.jsonl --layout geneval` from GenEval "
+                             f"metadata rows, or with shapes-world prompts such as 'a photo of a red circle'")
+        try:
             validate_geneval_row(metadata)
-        except (json.JSONDecodeError, ValueError, IndexError) as e:
+        except ValueError as e:
             raise ValueError(f"{meta_path}: invalid GenEval metadata ({e})") from None
         sample_dir = d / "samples"
         pngs = sorted(((int(m.group(1)), p) for p in (sample_dir.iterdir() if sample_dir.is_dir() else [])
@@ -98,6 +106,36 @@ def scan_geneval(images_dir: str | Path) -> list[GenEvalPrompt]:
             raise _geneval_layout_error(root, f"no samples/<number>.png in {d}")
         items.append(GenEvalPrompt(int(d.name), metadata, tuple(p for _, p in pngs)))
     return items
+
+
+def geneval_run_files(root: str | Path) -> list[Path]:
+    """The files a GenEval-layout writer puts under ``root``: <number>/metadata.jsonl and
+    <number>/samples/<number>.png (nothing else in those folders is ours)."""
+    root = Path(root)
+    files: list[Path] = []
+    if not root.is_dir():
+        return files
+    for d in sorted(p for p in root.iterdir() if _PROMPT_DIR.match(p.name) and p.is_dir()):
+        if (d / "metadata.jsonl").is_file():
+            files.append(d / "metadata.jsonl")
+        if (d / "samples").is_dir():
+            files += sorted(p for p in (d / "samples").iterdir() if _DIGITS_PNG.match(p.name) and p.is_file())
+    return files
+
+
+def remove_run_files(root: str | Path, files: list[Path]) -> None:
+    """Delete ``files`` (under ``root``), then the folders below ``root`` they leave empty; a folder that
+    still holds anything else (a file the user put there) stays with it."""
+    root = Path(root)
+    folders: set[Path] = set()
+    for f in files:
+        f.unlink(missing_ok=True)
+        folders.update(p for p in f.parents if root in p.parents)
+    for d in sorted(folders, key=lambda p: len(p.parts), reverse=True):  # deepest first
+        try:
+            d.rmdir()
+        except OSError:
+            pass  # not empty: keep it
 
 
 # ---------------------------------------------------------------- T2I-CompBench
@@ -117,6 +155,16 @@ class T2ISample:
     idx: int
     prompt: str
     path: Path
+
+
+def t2i_run_files(root: str | Path, categories: tuple[str, ...]) -> list[Path]:
+    """The files a T2I-CompBench writer puts under ``root``: <category>/samples/{prompt}_{idx}.png."""
+    files: list[Path] = []
+    for c in categories:
+        d = Path(root) / c / "samples"
+        if d.is_dir():
+            files += sorted(p for p in d.iterdir() if _T2I_PNG.match(p.name) and p.is_file())
+    return files
 
 
 def scan_t2i_compbench(images_dir: str | Path) -> list[T2ISample]:

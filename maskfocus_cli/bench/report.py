@@ -95,6 +95,12 @@ def run_label(summary: dict) -> str:
     return summary.get("bench", "run")
 
 
+def row_labels(current: dict, other: dict, labels: tuple[str, str] | None = None) -> tuple[str, str]:
+    """The two rows' names of a side-by-side table (terminal and markdown alike): ``labels`` (the CLI
+    passes the runs' folder names), else each run's ``run_label``."""
+    return labels or (run_label(current), run_label(other))
+
+
 # ------------------------------------------------------------------ tables
 def summary_table(summary: dict, title: str | None = None) -> Table:
     """One run, one row: the paper's columns (the run is named in the title)."""
@@ -128,7 +134,7 @@ def compare_table(current: dict, other: dict, labels: tuple[str, str] | None = N
     table.add_column("Run", overflow="ellipsis", no_wrap=True, max_width=20)
     for _, name, _ in a:
         table.add_column(name, justify="right", no_wrap=True)
-    la, lb = labels or (run_label(current), run_label(other))
+    la, lb = row_labels(current, other, labels)
     table.add_row(la, *(_fmt(v, digits) for _, _, v in a))
     table.add_row(lb, *(_fmt(values_b.get(k), digits) for k, _, _ in a))
     deltas = [None if v is None or values_b.get(k) is None else v - values_b[k] for k, _, v in a]
@@ -136,18 +142,20 @@ def compare_table(current: dict, other: dict, labels: tuple[str, str] | None = N
     return table
 
 
-def markdown_table(summary: dict, command: str | None = None, other: dict | None = None) -> str:
-    """The summary (and optionally an earlier run with deltas) as a markdown table, for docs/."""
+def markdown_table(summary: dict, command: str | None = None, other: dict | None = None,
+                   labels: tuple[str, str] | None = None) -> str:
+    """The summary (and optionally an earlier run with deltas) as a markdown table, for docs/; rows are
+    named as in ``compare_table`` (same ``labels``)."""
     digits = _digits(summary)
     cols = metric_columns(summary, also=tuple(k for k, _, _ in metric_columns(other)) if other else ())
+    la, lb = row_labels(summary, other, labels) if other is not None else (run_label(summary), "")
     lines = [f"{_title(summary)}: `{run_label(summary)}`", "",
              "| Run | " + " | ".join(name for _, name, _ in cols) + " |",
              "|---|" + "---:|" * len(cols),
-             f"| {run_label(summary)} | " + " | ".join(_fmt(v, digits) for _, _, v in cols) + " |"]
+             f"| {la} | " + " | ".join(_fmt(v, digits) for _, _, v in cols) + " |"]
     if other is not None:
         values = {k: v for k, _, v in metric_columns(other)}
-        lines.append(f"| {run_label(other)} | " + " | ".join(_fmt(values.get(k), digits) for k, _, _ in cols)
-                     + " |")
+        lines.append(f"| {lb} | " + " | ".join(_fmt(values.get(k), digits) for k, _, _ in cols) + " |")
         ds = [None if v is None or values.get(k) is None else v - values[k] for k, _, v in cols]
         lines.append("| Δ | " + " | ".join("-" if d is None else f"{d:+.{digits}f}" for d in ds) + " |")
     if command:

@@ -13,7 +13,10 @@ Every scored image is appended to ``OUT/results.jsonl`` as it is scored; a
 re-run reads that file back and skips images already there, so a killed
 evaluation resumes where it stopped. ``OUT/run.json`` records what scored (and
 what generated) the rows, and a re-run with a different scorer or generator
-fails instead of mixing two runs in one summary.
+fails instead of mixing two runs in one summary. Images or rows in OUT that the
+re-run would not make (an earlier run with more prompts or images) are refused
+too, and ``fresh`` removes everything an earlier run wrote there (its images in
+either layout, results, summary, run info), so OUT always holds exactly one run.
 
 Functions here are plain Python (no click): the CLI is a thin shell over them,
 and ``shapes_benchmark`` lets the trainer and scripts score a model in-process.
@@ -33,8 +36,10 @@ import torch
 
 from maskfocus_cli.bench.detection import Detector
 from maskfocus_cli.bench.geneval import GenEvalThresholds, ImageResult, evaluate_batch, summarize
-from maskfocus_cli.bench.layout import (geneval_prompt_dir, geneval_sample_path, load_image, scan_geneval,
-                                        scan_t2i_compbench, t2i_sample_path, write_geneval_metadata, save_png)
+from maskfocus_cli.bench.layout import (geneval_prompt_dir, geneval_run_files, geneval_sample_path, load_image,
+                                        remove_run_files, scan_geneval, scan_t2i_compbench, t2i_run_files,
+                                        t2i_sample_path, write_geneval_metadata, save_png)
+from maskfocus_cli.bench.prompts import T2I_COMPBENCH_CATEGORIES
 from maskfocus_cli.engine.generate import generate, make_jobs
 from maskfocus_cli.engine.sampling import Router, SamplerSettings
 from maskfocus_cli.io.checkpoint import atomic_write_bytes, atomic_write_json
@@ -83,8 +88,8 @@ class ResultsStore:
         self.key_fields = key_fields
         info_path = out / RUN_INFO
         if fresh:
-            self.path.unlink(missing_ok=True)
-            info_path.unlink(missing_ok=True)
+            for path in (self.path, info_path, out / SUMMARY):
+                path.unlink(missing_ok=True)
         self.rows: dict[tuple, dict] = {}
         if self.path.is_file():
             _check_run_info(info_path, run_info)
@@ -107,6 +112,15 @@ class ResultsStore:
         except KeyError as e:
             raise ValueError(f"{self.path}: a row has no {e.args[0]!r} field; delete the file or pass --fresh") \
                 from None
+
+    def refuse_others(self, keys: Iterable[tuple]) -> None:
+        """Refuse rows of images this run does not have: the summary would skip them, but anyone reading
+        results.jsonl (or scoring the folder again) would take them for this run's."""
+        keys = set(keys)
+        extra = [k for k in self.rows if k not in keys]
+        if extra:
+            raise ValueError(f"{self.path} holds results of {len(extra)} images that are not part of this run "
+                             f"(e.g. {extra[0]}); choose a new --out or pass --fresh to discard them")
 
     def __contains__(self, key: tuple) -> bool:
         return key in self.rows
@@ -153,13 +167,45 @@ def _read_json_or_empty(path: Path) -> dict:
     return obj if isinstance(obj, dict) else {}
 
 
+#: generator fields recorded only since a later version, with the value earlier runs used (they keep resuming)
+_GENERATOR_DEFAULTS = {"dtype": "fp32"}
+
+
 def _check_run_info(path: Path, run_info: dict) -> None:
     old = _read_json_or_empty(path)
     for key in ("bench", "scorer", "generator"):
-        if key in old and key in run_info and old[key] != run_info[key]:
-            raise ValueError(f"{path.parent} holds results of a different run ({key} differs: "
-                             f"{json.dumps(old[key])} vs {json.dumps(run_info[key])}); choose a new --out "
-                             f"or pass --fresh to discard them")
+        if key in old and key in run_info:
+            a, b = old[key], run_info[key]
+            if key == "generator" and isinstance(a, dict) and isinstance(b, dict):
+                a, b = {**_GENERATOR_DEFAULTS, **a}, {**_GENERATOR_DEFAULTS, **b}
+            if a != b:
+                raise ValueError(f"{path.parent} holds results of a different run ({key} differs: "
+                                 f"{json.dumps(old[key])} vs {json.dumps(run_info[key])}); choose a new --out "
+                                 f"or pass --fresh to discard them")
+
+
+def _claim_out(out: Path, planned: set[Path], fresh: bool) -> None:
+    """Before generating into OUT: its images (either layout) must be this run's to make.
+
+    Images no evaluate run recorded (no generator in run.json) are someone else's: refused, never
+    overwritten or deleted. An earlier run's images that this run would not make (fewer prompts or
+    images) are refused, as stale ones would pass for this run's; with ``fresh`` all of the earlier
+    run's images go, so OUT afterwards holds exactly the new run.
+    """
+    found = geneval_run_files(out) + t2i_run_files(out, T2I_COMPBENCH_CATEGORIES)
+    if not found:
+        return
+    example = found[0].relative_to(out)
+    if "generator" not in _read_json_or_empty(out / RUN_INFO):
+        raise ValueError(f"--out {out} holds images that no evaluate run recorded (e.g. {example}): choose a "
+                         f"new --out or empty it")
+    if fresh:
+        remove_run_files(out, found)
+        return
+    stale = [f for f in found if f not in planned]
+    if stale:
+        raise ValueError(f"--out {out} holds images of an earlier run that are not part of this one (e.g. "
+                         f"{stale[0].relative_to(out)}); pass --fresh to replace that run or choose a new --out")
 
 
 class _Timer:
@@ -303,9 +349,12 @@ def run_geneval_like(out: str | Path, metadata: Sequence[dict], detector: Detect
     out = Path(out)
     run_info = {"bench": bench, "scorer": scorer_info or {}, "generator": {**(model_info or {}),
                                                                            **generation.describe()}}
-    store = ResultsStore(out, ("prompt_index", "image_index"), run_info, fresh)
-    _write_all_metadata(out, metadata, fresh)
     jobs = make_jobs([m["prompt"] for m in metadata], generation.n, generation.seed, list(metadata))
+    _claim_out(out, {geneval_prompt_dir(out, i) / "metadata.jsonl" for i in range(len(metadata))}
+               | {geneval_sample_path(out, j.prompt_index, j.image_index) for j in jobs}, fresh)
+    store = ResultsStore(out, ("prompt_index", "image_index"), run_info, fresh)
+    store.refuse_others((j.prompt_index, j.image_index) for j in jobs)
+    _write_all_metadata(out, metadata, fresh)
     for j in jobs:
         _check_prompt(store, (j.prompt_index, j.image_index), j.prompt)
     todo = [j for j in jobs if (j.prompt_index, j.image_index) not in store]
@@ -344,6 +393,7 @@ def score_geneval_dir(images_dir: str | Path, detector: Detector, *, out: str | 
     store = ResultsStore(out, ("prompt_index", "image_index"), {"bench": bench, "scorer": scorer_info or {}},
                          fresh)
     items = [GenEvalItem(p.index, int(path.stem), p.metadata, path) for p in prompts for path in p.images]
+    store.refuse_others((it.prompt_index, it.image_index) for it in items)
     for it in items:
         _check_prompt(store, (it.prompt_index, it.image_index), it.meta["prompt"])
     todo = [it for it in items if (it.prompt_index, it.image_index) not in store]
@@ -454,7 +504,6 @@ def _t2i_rows(scorer, images: torch.Tensor, items: Sequence[T2IItem], root: Path
 
 def t2i_summary(rows: Iterable[dict], info: dict | None = None) -> dict:
     """Mean score per category (T2I-CompBench reports no overall number), image and prompt counts."""
-    from maskfocus_cli.bench.prompts import T2I_COMPBENCH_CATEGORIES
     by_cat: dict[str, list[dict]] = {}
     for r in rows:
         by_cat.setdefault(r["category"], []).append(r)
@@ -486,15 +535,17 @@ def run_t2i_compbench(out: str | Path, prompts_by_category: dict[str, Sequence[s
     out = Path(out)
     run_info = {"bench": "t2i-compbench", "scorer": scorer_info or {},
                 "generator": {**(model_info or {}), **generation.describe()}}
-    store = _t2i_store(out, run_info, fresh)
     n = generation.n
-    plan: list[tuple[str, list]] = []
-    for cat, prompts in prompts_by_category.items():
-        jobs = make_jobs(list(prompts), n, generation.seed)
+    plan = [(cat, make_jobs(list(prompts), n, generation.seed)) for cat, prompts in prompts_by_category.items()]
+    # prompts must be usable as file names
+    planned = {t2i_sample_path(out / cat, j.prompt, j.prompt_index * n + j.image_index) for cat, jobs in plan
+               for j in jobs}
+    _claim_out(out, planned, fresh)
+    store = _t2i_store(out, run_info, fresh)
+    store.refuse_others((cat, j.prompt_index * n + j.image_index) for cat, jobs in plan for j in jobs)
+    for cat, jobs in plan:
         for j in jobs:
-            t2i_sample_path(out / cat, j.prompt, 0)  # prompts must be usable as file names
             _check_prompt(store, (cat, j.prompt_index * n + j.image_index), j.prompt)
-        plan.append((cat, jobs))
     total = sum(1 for cat, jobs in plan for j in jobs if (cat, j.prompt_index * n + j.image_index) not in store)
     timer, sink = _Timer(), _Sink(store, total, on_row, on_progress)
     all_keys: list[tuple] = []
@@ -551,6 +602,7 @@ def score_t2i_dir(images_dir: str | Path, scorers: dict[str, object], *, out: st
     out = Path(out) if out is not None else root
     store = _t2i_store(out, {"bench": "t2i-compbench", "scorer": scorer_info or {}}, fresh)
     items = [T2IItem(cat, s.idx, s.prompt, s.path) for cat, d in dirs.items() for s in scan_t2i_compbench(d)]
+    store.refuse_others((it.category, it.idx) for it in items)
     for it in items:
         _check_prompt(store, (it.category, it.idx), it.prompt)
     todo = [it for it in items if (it.category, it.idx) not in store]

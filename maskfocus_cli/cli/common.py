@@ -34,6 +34,40 @@ def model_options(f: Callable) -> Callable:
     return f
 
 
+#: torch.Generator.manual_seed takes up to 2**64 - 1; seeds stop at 2**63 - 1 to leave room for seed + k·n + j
+MAX_SEED = 2**63 - 1
+
+
+class CheckedInt(click.IntRange):
+    """An integer option within bounds, checked while parsing (before any model loads). Raises ValueError, so
+    the error is the CLI's usual one line + exit 2 (as CheckedFloat's) instead of click's usage block."""
+
+    def convert(self, value, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        try:
+            return super().convert(value, param, ctx)
+        except click.BadParameter:
+            flag = param.opts[0] if param is not None and param.opts else "value"
+            rule = f">= {self.min}" if self.max is None else f"from {self.min} to {self.max}"
+            raise ValueError(f"{flag} must be an integer {rule} (got {value})") from None
+
+
+def remove_if_left_empty(folder: str | Path) -> None:
+    """Call before creating ``folder``: when the command ends (failed) and has left the folders it created
+    empty, remove them, so a run that failed leaves no empty --out behind. Existing folders are never touched."""
+    new, p = [], Path(folder).absolute()
+    while not p.exists():
+        new.append(p)  # deepest first
+        p = p.parent
+
+    def cleanup() -> None:
+        for d in new:
+            try:
+                d.rmdir()
+            except OSError:  # not empty: a run put something there
+                return
+    click.get_current_context().call_on_close(cleanup)
+
+
 class CheckedFloat(click.ParamType):
     """A float option that must be finite (and above a bound): NaN/inf would sample noise and print
     invalid JSON. Raises ValueError, so the error is the CLI's usual one line + exit 2."""

@@ -8,8 +8,8 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
-from maskfocus_cli.cli.common import emit, ensure_writable_dir, ensure_writable_file, model_options, progress, \
-    sampler_options, settings_from, stderr
+from maskfocus_cli.cli.common import MAX_SEED, CheckedInt, emit, ensure_writable_dir, ensure_writable_file, \
+    model_options, progress, remove_if_left_empty, sampler_options, settings_from, stderr
 
 BENCHES = ("geneval", "t2i-compbench", "shapes")
 T2I_SCORED = ("color", "shape", "texture", "spatial", "non_spatial", "numeracy", "complex")
@@ -17,10 +17,11 @@ DEFAULT_DETECTOR = "facebook/mask2former-swin-small-coco-instance"
 DEFAULT_BLIP = "Salesforce/blip-vqa-capfilt-large"
 DEFAULT_CLIP_ARCH = {"geneval": "ViT-L-14", "t2i-compbench": "ViT-B-32"}  # GenEval colours; T2I CLIPScore
 #: parameter → flag of the options that only mean something when generating
-GENERATE_ONLY = {"model_spec": "--model", "checkpoint": "--checkpoint", "n": "--n", "seed": "--seed",
-                 "steps": "--steps", "cfg": "--cfg", "schedule": "--schedule", "temperature": "--temperature",
-                 "gumbel": "--gumbel", "batch_size": "--batch-size", "num_prompts": "--num-prompts",
-                 "prompt_seed": "--prompt-seed", "prompt_file": "--metadata/--prompts", "routing": "--routing"}
+GENERATE_ONLY = {"model_spec": "--model", "checkpoint": "--checkpoint", "dtype": "--dtype", "n": "--n",
+                 "seed": "--seed", "steps": "--steps", "cfg": "--cfg", "schedule": "--schedule",
+                 "temperature": "--temperature", "gumbel": "--gumbel", "batch_size": "--batch-size",
+                 "num_prompts": "--num-prompts", "prompt_seed": "--prompt-seed", "prompt_file": "--metadata/--prompts",
+                 "routing": "--routing"}
 
 
 def _given(ctx: click.Context, name: str) -> bool:
@@ -55,10 +56,10 @@ def _bar_callback(bar, label: str):
 @sampler_options
 @click.option("--n", "n", default=None, type=int,
               help="Images per prompt [default: 4 for geneval/shapes, 10 for t2i-compbench].")
-@click.option("--seed", default=0, show_default=True, type=int,
+@click.option("--seed", default=0, show_default=True, type=CheckedInt(0, MAX_SEED),
               help="Seed of image 0; image j uses seed+j (a repeated prompt continues with new seeds).")
-@click.option("--batch-size", default=64, show_default=True, type=int, help="Images per sampling batch.")
-@click.option("--score-batch-size", default=16, show_default=True, type=int,
+@click.option("--batch-size", default=64, show_default=True, type=CheckedInt(1), help="Images per sampling batch.")
+@click.option("--score-batch-size", default=16, show_default=True, type=CheckedInt(1),
               help="Images per scoring batch when reading --images.")
 @click.option("--num-prompts", default=192, show_default=True, type=int,
               help="shapes: number of held-out prompts (tag-balanced).")
@@ -84,7 +85,9 @@ def _bar_callback(bar, label: str):
 @click.option("--routing", is_flag=True,
               help="Sample as MaskFocus rollouts do (entropy-based dynamic routing): how much the exploratory "
                    "step costs the reward. Benchmarks score the standard sampler; this is a diagnostic.")
-@click.option("--fresh", is_flag=True, help="Discard results.jsonl in --out instead of resuming from it.")
+@click.option("--fresh", is_flag=True,
+              help="Start over instead of resuming: discard the earlier run in --out (its images, results.jsonl, "
+                   "summary.json; with --images only its results).")
 @click.option("--markdown", "markdown", default=None, metavar="FILE",
               help="Also write the table (and the --compare deltas) as markdown, with the command that made it.")
 @click.pass_context
@@ -121,6 +124,9 @@ def evaluate(ctx, bench, images_dir, prompt_file, categories, model_spec, checkp
         if clash:
             raise ValueError(f"--images scores existing images; {', '.join(clash)} only apply when generating "
                              f"(drop them or drop --images)")
+        if not Path(images_dir).is_dir():  # checked before --out (default: this folder) is created
+            problem = "not a folder" if Path(images_dir).exists() else "no such folder"
+            raise ValueError(f"--images {images_dir}: {problem} (pass the folder of images to score)")
     if categories and bench != "t2i-compbench":
         raise ValueError("--category is for --bench t2i-compbench")
     other = report.read_summary(compare) if compare else None  # a bad --compare fails before any work
@@ -141,8 +147,11 @@ def evaluate(ctx, bench, images_dir, prompt_file, categories, model_spec, checkp
             metadata = load_geneval_metadata(prompt_file, colors=GENEVAL_COLORS)
         else:
             metadata = _shapes_metadata(prompt_file, num_prompts, prompt_seed)
-    out_dir = ensure_writable_dir(out or images_dir or f"eval-{bench}")
+    out = out or images_dir or f"eval-{bench}"
+    remove_if_left_empty(out)  # a failed run leaves no empty folder behind
+    out_dir = ensure_writable_dir(out)
     if markdown:  # written last: a bad path must not cost the whole evaluation
+        remove_if_left_empty(Path(markdown).parent)
         ensure_writable_file(markdown, "--markdown")
 
     # scorer: weights load (or fail with how to supply them) before anything is generated
@@ -166,11 +175,13 @@ def evaluate(ctx, bench, images_dir, prompt_file, categories, model_spec, checkp
 
     if generating:
         from maskfocus_cli.engine.routing import make_router
+        from maskfocus_cli.engine.sampling import mask_counts
         from maskfocus_cli.models.loading import load_model
         adapter = load_model(model_spec, checkpoint, device, dtype)
+        mask_counts(adapter.num_tokens, settings.steps, settings.schedule)  # more steps than tokens: fail now
         generation = runner.Generation(adapter, settings, n=n, seed=seed, batch_size=batch_size,
                                        router=make_router(routing))
-        model_info = {"model": model_spec, "checkpoint": str(checkpoint) if checkpoint else None}
+        model_info = {"model": model_spec, "checkpoint": str(checkpoint) if checkpoint else None, "dtype": dtype}
 
     with progress() as bar:
         cb = _bar_callback(bar, "generating + scoring" if generating else "scoring")
@@ -196,14 +207,15 @@ def evaluate(ctx, bench, images_dir, prompt_file, categories, model_spec, checkp
     stderr.print(f"scored {fresh_n} images" + (f" at {rate:.1f} images/s" if rate else "")
                  + (f"; {resumed} reused from {out_dir / runner.RESULTS}" if resumed else "")
                  + f"; summary in {out_dir / runner.SUMMARY}")
+    labels = (_short(out_dir), _short(Path(compare))) if other is not None else None  # terminal and markdown
     if other is not None:
-        stderr.print(report.compare_table(summary, other, (_short(out_dir), _short(Path(compare)))))
+        stderr.print(report.compare_table(summary, other, labels))
     if markdown:
         import shlex
         import sys
         from maskfocus_cli.io.checkpoint import atomic_write_bytes
         command = "maskfocus " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else None
-        atomic_write_bytes(markdown, report.markdown_table(summary, command, other).encode())
+        atomic_write_bytes(markdown, report.markdown_table(summary, command, other, labels).encode())
     emit(summary)
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import click
 
-from maskfocus_cli.cli.common import (emit, ensure_writable_dir, model_options, progress, read_prompts,
-                                      sampler_options, settings_from, stderr)
+from maskfocus_cli.cli.common import (MAX_SEED, CheckedInt, emit, ensure_writable_dir, model_options, progress,
+                                      read_prompts, sampler_options, settings_from, stderr)
 
 
 def profile_table(result, title: str = ""):
@@ -42,7 +42,7 @@ def profile_table(result, title: str = ""):
 @sampler_options
 @click.option("--n", "n", default=4, show_default=True, type=int,
               help="Images per prompt; the gain of their mean similarity picks the prompt's steps (as in training).")
-@click.option("--seed", default=0, show_default=True, type=int,
+@click.option("--seed", default=0, show_default=True, type=CheckedInt(0, MAX_SEED),
               help="Seed of image 0; image j uses seed+j (a repeated prompt continues with new seeds).")
 @click.option("--batch-size", default=64, show_default=True, type=int, help="Images per forward batch.")
 @click.option("--embed", default="codebook", show_default=True, type=click.Choice(["codebook", "pixels", "clip"]),

@@ -8,8 +8,8 @@ from pathlib import Path
 import click
 import torch
 
-from maskfocus_cli.cli.common import (emit, ensure_writable_dir, model_options, progress, read_prompts,
-                                      sampler_options, settings_from)
+from maskfocus_cli.cli.common import (MAX_SEED, CheckedInt, emit, ensure_writable_dir, model_options, progress,
+                                      read_prompts, remove_if_left_empty, sampler_options, settings_from)
 
 
 def image_path(out: Path, layout: str, prompt_index: int, image_index: int) -> Path:
@@ -17,6 +17,16 @@ def image_path(out: Path, layout: str, prompt_index: int, image_index: int) -> P
         from maskfocus_cli.bench.layout import geneval_sample_path
         return geneval_sample_path(out, prompt_index, image_index)
     return out / f"{prompt_index:05d}-{image_index:04d}.png"
+
+
+def geneval_metadata(prompt: str) -> dict:
+    """The GenEval metadata row written for a plain prompt: the shapes world's parse of it (tag, include,
+    exclude), so `evaluate --bench shapes --images` can score the folder; just the prompt otherwise."""
+    from maskfocus_cli.shapes.world import parse_prompt
+    try:
+        return parse_prompt(prompt)
+    except ValueError:
+        return {"prompt": prompt}
 
 
 _FLAT_PNG = re.compile(r"[0-9]{5,}-[0-9]{4,}\.png")
@@ -46,12 +56,13 @@ def check_no_earlier_run(out: Path) -> None:
 @model_options
 @sampler_options
 @click.option("--n", "n", default=1, show_default=True, type=int, help="Images per prompt.")
-@click.option("--seed", default=0, show_default=True, type=int,
+@click.option("--seed", default=0, show_default=True, type=CheckedInt(0, MAX_SEED),
               help="Seed of image 0; image j uses seed+j (a repeated prompt continues with new seeds).")
-@click.option("--batch-size", default=64, show_default=True, type=int, help="Images per forward batch.")
+@click.option("--batch-size", default=64, show_default=True, type=CheckedInt(1), help="Images per forward batch.")
 @click.option("--out", "out", default="samples", show_default=True, metavar="DIR", help="Output folder.")
 @click.option("--layout", default="flat", show_default=True, type=click.Choice(["flat", "geneval"]),
-              help="flat: OUT/<prompt>-<image>.png; geneval: OUT/<00000>/samples/<0000>.png + metadata.jsonl.")
+              help="flat: OUT/<prompt>-<image>.png; geneval: OUT/<00000>/samples/<0000>.png + metadata.jsonl "
+                   "(GenEval rows from a .jsonl --prompts file, else parsed from shapes-world prompts).")
 @click.option("--grid", is_flag=True, help="Also write OUT/grid.png, a contact sheet of every image.")
 @click.option("--routing", is_flag=True,
               help="Sample with MaskFocus's entropy-based dynamic routing (as in training rollouts).")
@@ -64,6 +75,7 @@ def sample(prompt_args, prompts_file, model_spec, checkpoint, device, dtype, ste
     printf 'a photo of two green triangles\\n' | maskfocus sample --prompts - --out OUT | jq .path
     """
     from maskfocus_cli.engine.generate import generate, make_jobs
+    from maskfocus_cli.engine.sampling import mask_counts
     from maskfocus_cli.io.images import contact_sheet, save_png
     from maskfocus_cli.models.loading import load_model
 
@@ -71,16 +83,18 @@ def sample(prompt_args, prompts_file, model_spec, checkpoint, device, dtype, ste
     if n < 1:
         raise ValueError(f"--n must be at least 1 (got {n})")
     settings = settings_from(steps, cfg, schedule, temperature, gumbel)
+    remove_if_left_empty(out)
     out_dir = ensure_writable_dir(out)
     check_no_earlier_run(out_dir)
     adapter = load_model(model_spec, checkpoint, device, dtype)
+    mask_counts(adapter.num_tokens, settings.steps, settings.schedule)  # more steps than tokens: one line, now
     adapter.encode_prompts(sorted(set(prompts)))  # reject bad prompts before any sampling
     from maskfocus_cli.engine.routing import make_router
     router = make_router(routing)
     if layout == "geneval":
         from maskfocus_cli.bench.layout import write_geneval_metadata
         for i, (p, m) in enumerate(zip(prompts, metas)):
-            write_geneval_metadata(out_dir, i, m if m is not None else {"prompt": p})
+            write_geneval_metadata(out_dir, i, m if m is not None else geneval_metadata(p))
     jobs = make_jobs(prompts, n, seed, metas)
     sheet = []
     with progress() as bar:
@@ -90,7 +104,7 @@ def sample(prompt_args, prompts_file, model_spec, checkpoint, device, dtype, ste
                 path = image_path(out_dir, layout, job.prompt_index, job.image_index)
                 save_png(batch.images[k], path)
                 row = {"path": str(path), "prompt": job.prompt, "seed": job.seed, "steps": steps, "cfg": cfg,
-                       "model": model_spec}
+                       "model": model_spec, "dtype": dtype}
                 if checkpoint:
                     row["checkpoint"] = str(checkpoint)
                 if batch.explore_fraction is not None:

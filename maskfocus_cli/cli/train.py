@@ -10,7 +10,7 @@ from maskfocus_cli.cli.common import emit, stderr
 
 
 @click.command("train")
-@click.argument("recipe", required=False, metavar="RECIPE.yaml")
+@click.argument("recipe", required=False, metavar="[RECIPE.yaml]")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a recipe field, e.g. --set train.lr=1e-5 (repeatable).")
 @click.option("--resume", default=None, metavar="latest|PATH",

@@ -151,13 +151,19 @@ def test_shapes_generate_writes_layout_results_and_summary(shapes_run):
 def test_score_only_reproduces_the_summary_and_compare_prints_deltas(shapes_run, tmp_path):
     out, res = shapes_run
     again = invoke("--bench", "shapes", "--images", str(out), "--out", str(tmp_path / "R"),
-                   "--compare", str(out / "summary.json"))
+                   "--compare", str(out / "summary.json"), "--markdown", str(tmp_path / "R" / "table.md"))
     assert again.exit_code == 0, again.output
     assert scores(stdout_json(again)) == scores(stdout_json(res))
     rescored = {(r["prompt_index"], r["image_index"]): r["correct"] for r in read_results(tmp_path / "R" / "results.jsonl")}
     original = {(r["prompt_index"], r["image_index"]): r["correct"] for r in read_results(out / "results.jsonl")}
     assert rescored == original
     assert "Δ" in again.stderr and "+0.00" in again.stderr
+    # the markdown names the two runs as the terminal table does: this run's folder, then --compare's
+    compare = again.stderr.split("vs earlier run")[1]
+    terminal = [ln.split("│")[1].strip() for ln in compare.splitlines() if ln.count("│") > 2]
+    markdown = [ln.split("|")[1].strip() for ln in (tmp_path / "R" / "table.md").read_text().splitlines()
+                if ln.startswith("| ") and not ln.startswith("| Run")]
+    assert terminal == markdown == ["R", "OUT", "Δ"]
 
 
 def test_shapes_benchmark_in_process_matches_the_cli(shapes_run, tiny_shapes):
@@ -207,6 +213,89 @@ def test_routing_samples_as_rollouts_do_and_is_its_own_run(shapes_run, tiny_shap
     assert_user_error(invoke("--bench", "shapes", "--images", str(plain_out), "--routing"), "--routing")
 
 
+def test_fewer_prompts_into_an_earlier_run_are_refused_and_fresh_replaces_it(tiny_shapes, tmp_path):
+    """A smaller re-run used to reuse part of the earlier run and leave the rest (folders, result rows) for
+    evaluate --images to score as if they were this run's."""
+    out = tmp_path / "OUT"
+    args = ["--bench", "shapes", "--model", f"shapes:{tiny_shapes}", *FAST]  # 6 prompts, 2 images each
+    assert invoke(*args, "--out", str(out)).exit_code == 0
+    (out / "notes.txt").write_text("mine")  # not the tool's: never deleted
+    before = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    smaller = [*args, "--num-prompts", "3", "--out", str(out)]
+    assert_user_error(invoke(*smaller), "00003/metadata.jsonl", "--fresh", "new --out")
+    assert_user_error(invoke(*args, "--n", "1", "--out", str(out)), "00000/samples/0001.png", "--fresh")
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before  # refused: nothing changed
+    # result rows of images that are gone are refused too (the summary would skip them; the file would not)
+    import shutil
+    for i in (3, 4, 5):
+        shutil.rmtree(out / f"{i:05d}")
+    assert_user_error(invoke(*smaller), "results of 6 images that are not part of this run", "--fresh")
+    assert_user_error(invoke("--bench", "shapes", "--images", str(out)), "results of 6 images", "--fresh")
+    for i in (3, 4, 5):  # --fresh over the full earlier run: the folder then holds exactly the new run
+        (out / f"{i:05d}" / "samples").mkdir(parents=True)
+        write_geneval_sample(out, i, 0, torch.zeros(3, 8, 8))
+    fresh = invoke(*smaller, "--fresh")
+    assert fresh.exit_code == 0, fresh.output
+    assert stdout_json(fresh)["images"] == 6 and stdout_json(fresh)["newly_scored"] == 6
+    assert sorted(p.name for p in out.iterdir()) == ["00000", "00001", "00002", "notes.txt", "results.jsonl",
+                                                     "run.json", "summary.json"]
+    assert (out / "notes.txt").read_text() == "mine"
+    assert len(read_results(out / "results.jsonl")) == 6
+    assert stdout_json(invoke("--bench", "shapes", "--images", str(out), "--out", str(tmp_path / "R")))["images"] == 6
+
+
+def test_images_no_evaluate_run_recorded_are_never_overwritten_or_deleted(tiny_shapes, tmp_path):
+    out = tmp_path / "THEIRS"
+    write_geneval_metadata(out, 0, GENEVAL_ROWS[1])
+    write_geneval_sample(out, 0, 0, torch.zeros(3, 8, 8))
+    before = (out / "00000" / "samples" / "0000.png").read_bytes()
+    for fresh in ((), ("--fresh",)):
+        res = invoke("--bench", "shapes", "--model", f"shapes:{tiny_shapes}", *FAST, "--out", str(out), *fresh)
+        assert_user_error(res, "no evaluate run recorded", "00000/metadata.jsonl", "new --out")
+    assert (out / "00000" / "samples" / "0000.png").read_bytes() == before
+
+
+def test_dtype_is_recorded_and_part_of_the_resume_check(tiny_shapes, tmp_path):
+    out = tmp_path / "OUT"
+    args = ["--bench", "shapes", "--model", f"shapes:{tiny_shapes}", *FAST]
+    first = invoke(*args, "--out", str(out))
+    assert first.exit_code == 0, first.output
+    assert stdout_json(first)["dtype"] == "fp32"
+    assert json.loads((out / "run.json").read_text())["generator"]["dtype"] == "fp32"
+    # bf16 images must not be reported as a resume of the fp32 ones (nor the reverse)
+    assert_user_error(invoke(*args, "--dtype", "bf16", "--out", str(out)), "different run", '"dtype": "bf16"',
+                      "--fresh")
+    assert_user_error(invoke("--bench", "shapes", "--images", str(out), "--dtype", "bf16"), "--dtype",
+                      "drop --images")
+    # results recorded before dtype was: an fp32 run, and they keep resuming
+    info = json.loads((out / "run.json").read_text())
+    del info["generator"]["dtype"]
+    (out / "run.json").write_text(json.dumps(info))
+    again = invoke(*args, "--out", str(out))
+    assert again.exit_code == 0, again.output
+    assert stdout_json(again)["newly_scored"] == 0
+
+
+def test_missing_or_file_images_folder_is_named_and_nothing_is_created(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert_user_error(invoke("--bench", "shapes", "--images", "typo_dir"), "--images typo_dir: no such folder")
+    assert_user_error(invoke("--bench", "shapes", "--images", "typo_dir", "--out", "R"),
+                      "--images typo_dir: no such folder")
+    assert_user_error(invoke("--bench", "shapes", "--images", str(tmp_path / "no" / "such")),
+                      "no such folder")
+    (tmp_path / "empty.txt").write_text("")
+    assert_user_error(invoke("--bench", "shapes", "--images", "empty.txt"), "--images empty.txt: not a folder")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.txt"]
+
+
+def test_prompt_only_metadata_names_the_fix(tmp_path):
+    images = tmp_path / "GP"
+    write_geneval_metadata(images, 0, {"prompt": "a photo of a dog"})  # what `sample --layout geneval` wrote
+    write_geneval_sample(images, 0, 0, torch.zeros(3, 8, 8))
+    assert_user_error(invoke("--bench", "shapes", "--images", str(images), "--out", str(tmp_path / "R")),
+                      "holds only a prompt", "sample --prompts FILE.jsonl", "shapes-world prompts")
+
+
 # ---------------------------------------------------------------- bad input
 def test_bad_inputs_are_one_line_errors(tiny_shapes, tmp_path):
     bad = tmp_path / "meta.jsonl"
@@ -234,6 +323,17 @@ def test_bad_inputs_are_one_line_errors(tiny_shapes, tmp_path):
     assert_user_error(invoke(*model, "--device", "bogus", "--out", str(tmp_path / "o7")), "device 'bogus'")
     assert_user_error(invoke(*model, "--cfg", "nan", "--out", str(tmp_path / "o8")), "--cfg must be a finite")
     assert_user_error(invoke(*model, "--temperature", "0", "--out", str(tmp_path / "o8")), "--temperature must")
+    # caught while parsing (before any model loads), or right after loading: one line, no progress bar
+    assert_user_error(invoke(*model, "--batch-size", "0", "--out", str(tmp_path / "o9")),
+                      "--batch-size must be an integer >= 1 (got 0)")
+    assert_user_error(invoke("--bench", "shapes", "--images", str(wrong), "--score-batch-size", "0"),
+                      "--score-batch-size must be an integer >= 1")
+    assert_user_error(invoke(*model, "--seed", str(2**64), "--out", str(tmp_path / "o9")),
+                      f"--seed must be an integer from 0 to {2**63 - 1}")
+    assert_user_error(invoke(*model, "--steps", "2000", "--out", str(tmp_path / "o9")), "use at most 64 steps")
+    assert_user_error(invoke(*model, "--model", "bogus", "--out", str(tmp_path / "o9")), "unknown model spec")
+    # failed runs leave no empty --out behind (folders that existed before stay)
+    assert not any((tmp_path / f"o{i}").exists() for i in range(1, 10))
 
 
 def test_unwritable_markdown_fails_before_generating(tiny_shapes, tmp_path):
@@ -322,6 +422,16 @@ def test_t2i_compbench_generate_and_rescore_with_tiny_blip(tiny_shapes, tiny_bli
                    "--blip", str(tiny_blip), "--out", str(tmp_path / "R"))
     assert again.exit_code == 0, again.output
     assert stdout_json(again)["color"] == pytest.approx(summary["color"], abs=1e-6)
+    # one prompt fewer: the other prompt's images would be stale; --fresh leaves exactly the new run
+    prompts.write_text("a photo of a red circle\n")
+    smaller = ["--bench", "t2i-compbench", "--category", "color", "--prompts", str(prompts), "--model",
+               f"shapes:{tiny_shapes}", "--steps", "4", "--n", "3", "--blip", str(tiny_blip), "--out", str(out)]
+    refused = invoke(*smaller)  # (stderr also holds transformers' weight-loading bar)
+    assert refused.exit_code == 2 and "blue square_000003.png); pass --fresh" in refused.stderr, refused.output
+    fresh = invoke(*smaller, "--fresh")
+    assert fresh.exit_code == 0, fresh.output
+    assert sorted(p.name for p in (out / "color" / "samples").iterdir()) == names[3:]
+    assert len(read_results(out / "results.jsonl")) == 3
 
 
 def test_t2i_summary_means_per_category():

@@ -28,7 +28,7 @@ def test_sample_writes_images_and_json(tmp_path, tiny_shapes_dir):
     assert len(rows) == 4
     assert [r["seed"] for r in rows] == [0, 1, 2, 3]
     for r in rows:
-        assert r["prompt"] == PROMPT and r["steps"] == 4
+        assert r["prompt"] == PROMPT and r["steps"] == 4 and r["dtype"] == "fp32"
         with Image.open(r["path"]) as im:
             assert im.size == (64, 64)
     assert (tmp_path / "out" / "grid.png").is_file()
@@ -77,6 +77,22 @@ def test_geneval_layout_and_routing(tmp_path, tiny_shapes_dir):
     assert all(0.0 <= r["explore_fraction"] <= 1.0 for r in lines(res))
 
 
+def test_geneval_layout_of_shapes_prompts_writes_metadata_evaluate_can_score(tmp_path, tiny_shapes_dir):
+    prompts = ["a photo of a red circle", "a photo of two blue squares"]
+    out = tmp_path / "GP1"
+    res = run("sample", *prompts, "--layout", "geneval", "--steps", 2, "--model", f"shapes:{tiny_shapes_dir}",
+              "--out", out)
+    assert res.exit_code == 0, res.output
+    metas = [json.loads((out / f"{i:05d}" / "metadata.jsonl").read_text()) for i in range(2)]
+    assert metas == [{"tag": "colors", "include": [{"class": "circle", "count": 1, "color": "red"}],
+                      "prompt": prompts[0]},
+                     {"tag": "counting", "include": [{"class": "square", "count": 2, "color": "blue"}],
+                      "exclude": [{"class": "square", "count": 3}], "prompt": prompts[1]}]
+    scored = run("evaluate", "--bench", "shapes", "--images", out)
+    assert scored.exit_code == 0, scored.output
+    assert json.loads(scored.stdout)["images"] == 2
+
+
 def test_bad_input(tmp_path, tiny_shapes_dir, monkeypatch):
     monkeypatch.chdir(tmp_path)  # cases without --out would use ./samples
     model = f"shapes:{tiny_shapes_dir}"
@@ -112,13 +128,22 @@ def test_bad_input(tmp_path, tiny_shapes_dir, monkeypatch):
         (["sample", PROMPT, "--model", model, "--temperature", "nan", "--out", out], None, "--temperature must"),
         (["sample", PROMPT, "--model", model, "--gumbel", "-1", "--out", out], None, "--gumbel must be a finite "
                                                                                      "number >= 0"),
+        # checked while parsing (before the model loads), or before the first batch: one line, no progress bar
+        (["sample", PROMPT, "--model", model, "--batch-size", 0, "--out", out], None,
+         "--batch-size must be an integer >= 1 (got 0)"),
+        (["sample", PROMPT, "--model", model, "--seed", 99999999999999999999, "--out", out], None,
+         f"--seed must be an integer from 0 to {2**63 - 1} (got 99999999999999999999)"),
+        (["sample", PROMPT, "--model", model, "--seed", -1, "--out", out], None, "--seed must be an integer"),
+        (["sample", PROMPT, "--model", model, "--steps", 2000, "--out", out], None, "use at most 64 steps"),
+        (["sample", PROMPT, "--model", model, "--out", out / "a" / "b", "--checkpoint", tmp_path / "nope"], None,
+         "checkpoint not found"),
     ]
     for args, stdin, message in cases:
         res = run(*args, input=stdin)
         assert res.exit_code == 2, (args, res.output)
         assert message in res.output, (args, res.output)
         assert "Traceback" not in res.output and len(res.output.strip().splitlines()) == 1
-    assert not out.exists() or not any(out.iterdir())
+    assert not out.exists() and not (tmp_path / "samples").exists()  # failed runs leave no empty --out behind
 
 
 def test_out_holding_an_earlier_run_is_refused(tmp_path, tiny_shapes_dir):

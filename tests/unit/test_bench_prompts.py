@@ -214,6 +214,31 @@ def test_geneval_layout_errors(tmp_path):
         layout.scan_geneval(tmp_path)
 
 
+def test_run_files_and_their_removal_keep_what_the_tool_did_not_write(tmp_path):
+    img = torch.zeros(3, 4, 4)
+    for i in range(2):
+        layout.write_geneval_metadata(tmp_path, i, GOOD)
+        layout.write_geneval_sample(tmp_path, i, 0, img)
+    layout.write_t2i_sample(tmp_path / "color", "a red car", 3, img)
+    (tmp_path / "00001" / "samples" / "notes.txt").write_text("mine")
+    (tmp_path / "2024").mkdir()  # a numbered folder that is not a prompt folder
+    (tmp_path / "2024" / "0000.png").write_bytes(b"")
+    files = layout.geneval_run_files(tmp_path) + layout.t2i_run_files(tmp_path, T2I_COMPBENCH_CATEGORIES)
+    assert [str(f.relative_to(tmp_path)) for f in files] == [
+        "00000/metadata.jsonl", "00000/samples/0000.png", "00001/metadata.jsonl", "00001/samples/0000.png",
+        "color/samples/a red car_000003.png"]
+    layout.remove_run_files(tmp_path, files)
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == [
+        "00001", "00001/samples", "00001/samples/notes.txt", "2024", "2024/0000.png"]
+
+
+def test_prompt_only_metadata_says_how_to_write_geneval_metadata(tmp_path):
+    layout.write_geneval_metadata(tmp_path, 0, {"prompt": "a photo of a dog"})
+    layout.write_geneval_sample(tmp_path, 0, 0, torch.zeros(3, 4, 4))
+    with pytest.raises(ValueError, match="holds only a prompt.*--prompts FILE.jsonl.*shapes-world prompts"):
+        layout.scan_geneval(tmp_path)
+
+
 def test_t2i_layout_roundtrip_and_errors(tmp_path):
     img = torch.rand(3, 6, 6)
     layout.write_t2i_sample(tmp_path, "a red car", 1, img)

@@ -97,3 +97,20 @@ def test_markdown_table_with_deltas():
     assert lines[4] == "| after | 0.50 | 1.00 | 0.50 | 0.25 | 0.75 | 0.00 | 0.50 |"
     assert lines[6] == "| Δ | +0.25 | +0.50 | +0.25 | +0.12 | +0.38 | +0.00 | +0.25 |"
     assert md.rstrip().endswith("`maskfocus evaluate --bench shapes`")
+
+
+def test_markdown_rows_are_named_as_in_the_compare_table():
+    from maskfocus_cli.bench.report import markdown_table
+    a = {"bench": "shapes", "overall": 0.5, "images_dir": "EV1"}
+    b = {"bench": "shapes", "overall": 0.25, "model": "shapes"}
+
+    def names(md: str) -> list[str]:
+        return [ln.split("|")[1].strip() for ln in md.splitlines() if ln.startswith("| ") and "Run" not in ln]
+
+    def terminal(table) -> list[str]:
+        return [ln.split("│")[1].strip() for ln in render(table).splitlines() if ln.count("│") > 2]
+
+    for labels in (("RS1", "EV1"), None):
+        assert names(markdown_table(a, None, b, labels)) == terminal(compare_table(a, b, labels))
+    assert names(markdown_table(a, None, b, ("RS1", "EV1"))) == ["RS1", "EV1", "Δ"]
+    assert names(markdown_table(a, None, b)) == ["EV1", "shapes", "Δ"]
