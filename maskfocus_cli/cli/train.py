@@ -96,7 +96,7 @@ def train(recipe, overrides, resume, out, explain) -> None:
         finally:
             signal.signal(signal.SIGTERM, previous)
         bar.update(task, completed=trainer.state.iteration)
-    if trainer.stop_requested:
+    if trainer.terminated:  # a signal after the last iteration changes nothing: the run ends as usual
         trainer.acc.end_training()
         stderr.print(f"terminated after {plural(trainer.state.iteration, 'iteration')}; continue with "
                      f"--resume latest --out {trainer.run_dir}")

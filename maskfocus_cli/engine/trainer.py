@@ -114,6 +114,9 @@ def holds_run(run_dir: Path) -> bool:
     return bool(checkpoint_dirs(run_dir)) or (run_dir / "metrics.jsonl").is_file()
 
 
+STOP_REQUESTED = "stop requested (SIGTERM)"
+
+
 @dataclass
 class RunState:
     iteration: int = 0  #: iterations completed
@@ -177,6 +180,7 @@ class Trainer:
         self.state = RunState()
         self._started = False
         self.stop_requested = False  #: set from a signal handler: stop after the current iteration
+        self.terminated = False  #: the loop stopped on that request (not at its end or time budget)
         self._check_eval_prompts()
         if self.cfg.algorithm != "pretrain":
             self.prompts = load_prompt_source(recipe.data.prompts)
@@ -433,6 +437,7 @@ class Trainer:
         while self.state.iteration < end:
             reason = self._stop_reason(started, budget)
             if reason:
+                self.terminated = reason == STOP_REQUESTED
                 if not checkpoint_dirs(self.run_dir) or checkpoint_dirs(self.run_dir)[-1].name != \
                         f"step-{self.state.iteration}":
                     self.save_checkpoint()
@@ -469,7 +474,7 @@ class Trainer:
             both = self.acc.gather(flags[None]).cpu()
             flags = torch.stack([both[0, 0], both[:, 1].max()])
         if flags[1]:
-            return "stop requested (SIGTERM)"
+            return STOP_REQUESTED
         if flags[0]:
             return f"time budget of {self.cfg.time_budget_minutes:g} min reached"
         return ""
