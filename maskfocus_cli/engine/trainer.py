@@ -184,6 +184,11 @@ class Trainer:
         self._check_eval_prompts()
         if self.cfg.algorithm != "pretrain":
             self.prompts = load_prompt_source(recipe.data.prompts)
+            if self.adapter.family == "shapes":  # a closed vocabulary: an unknown word fails now, not mid-run
+                try:
+                    self.adapter.encode_prompts(sorted({p for p, _ in self.prompts}))
+                except ValueError as e:
+                    raise ValueError(f"data.prompts: {e}") from None
             self.prompt_weights = prompt_weights(self.prompts, recipe.data.tag_weights, recipe.data.prompts)
             self.reward = reward_fn or self._build_reward()
             # ranks route on the whole rollout batch's median entropy, as one process would

@@ -396,6 +396,7 @@ def test_run_folder_and_reward_option_mistakes_are_one_line_errors(tmp_path, tin
     p = recipe_file(tmp_path, tiny_shapes_dir)
     (tmp_path / "afile").write_text("x")
     (tmp_path / "empty.txt").write_text("\n")
+    (tmp_path / "dragons.txt").write_text("a photo of a red circle\na photo of a purple dragon\n")
     for args, message in [(["--out", str(tmp_path / "afile")], "cannot write to the run folder"),
                           (["--set", "rewards=[{name: shapes-geneval, options: {partal: true}}]"],
                            "unknown option 'partal' (valid: partial"),
@@ -403,11 +404,14 @@ def test_run_folder_and_reward_option_mistakes_are_one_line_errors(tmp_path, tin
                           # the grid's prompts are read before the first iteration, not at the first grid
                           (["--set", "data.eval_prompts=/no/such/prompts.jsonl"],
                            "data.eval_prompts: prompt file not found: /no/such/prompts.jsonl"),
-                          (["--set", f"data.eval_prompts={tmp_path / 'empty.txt'}"], "holds no prompts")]:
+                          (["--set", f"data.eval_prompts={tmp_path / 'empty.txt'}"], "holds no prompts"),
+                          # the built-in model's closed vocabulary: checked before the run folder is touched
+                          (["--set", f"data.prompts={tmp_path / 'dragons.txt'}"],
+                           "data.prompts: the shapes model does not know the word 'dragon'")]:
         res = CliRunner().invoke(main, ["train", str(p), *args])
         assert res.exit_code == 2 and message in res.output and "Traceback" not in res.output, res.output
         assert len(res.output.strip().splitlines()) == 1, res.output
-        assert not (tmp_path / "run" / "metrics.jsonl").exists()
+        assert not (tmp_path / "run" / "metrics.jsonl").exists() and not (tmp_path / "run" / "recipe.json").exists()
     # no grids and no validation: the eval prompts are never read, so a placeholder path is fine
     res = CliRunner().invoke(main, ["train", str(p), "--set", "train.iterations=1", "--set",
                                     "data.num_eval_prompts=0", "--set", "data.eval_prompts=/path/to/later.jsonl"])
