@@ -9,7 +9,23 @@ import click
 from maskfocus_cli.cli.common import emit, stderr
 
 
-@click.command("train")
+class TrainCommand(click.Command):
+    """`--set train.lr 1e-5` (a space for the '=') would be click's 'unexpected extra argument (1e-5)'
+    and a usage block; name the --set that needs the '=' instead."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        given = list(args)  # click consumes the list it parses
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError:
+            for flag, value in zip(given, given[1:]):
+                if flag == "--set" and "=" not in value:
+                    raise ValueError(f"--set {value!r}: expected KEY=VALUE (no spaces around '='), e.g. "
+                                     "--set train.lr=1e-5") from None
+            raise
+
+
+@click.command("train", cls=TrainCommand)
 @click.argument("recipe", required=False, metavar="[RECIPE.yaml]")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a recipe field, e.g. --set train.lr=1e-5 (repeatable).")

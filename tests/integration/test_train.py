@@ -401,6 +401,8 @@ def test_run_folder_and_reward_option_mistakes_are_one_line_errors(tmp_path, tin
                           (["--set", "rewards=[{name: shapes-geneval, options: {partal: true}}]"],
                            "unknown option 'partal' (valid: partial"),
                           (["--set", "rewards=[{name: brightness, weight: 0}]"], "every reward has weight 0"),
+                          # a space for the '=': click's "unexpected extra argument" would not say which --set
+                          (["--set", "train.lr", "1e-5"], "--set 'train.lr': expected KEY=VALUE"),
                           # the grid's prompts are read before the first iteration, not at the first grid
                           (["--set", "data.eval_prompts=/no/such/prompts.jsonl"],
                            "data.eval_prompts: prompt file not found: /no/such/prompts.jsonl"),
