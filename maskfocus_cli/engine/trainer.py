@@ -184,11 +184,7 @@ class Trainer:
         self._check_eval_prompts()
         if self.cfg.algorithm != "pretrain":
             self.prompts = load_prompt_source(recipe.data.prompts)
-            if self.adapter.family == "shapes":  # a closed vocabulary: an unknown word fails now, not mid-run
-                try:
-                    self.adapter.encode_prompts(sorted({p for p, _ in self.prompts}))
-                except ValueError as e:
-                    raise ValueError(f"data.prompts: {e}") from None
+            self._check_vocabulary(self.prompts, "data.prompts")
             self.prompt_weights = prompt_weights(self.prompts, recipe.data.tag_weights, recipe.data.prompts)
             self.reward = reward_fn or self._build_reward()
             # ranks route on the whole rollout batch's median entropy, as one process would
@@ -223,6 +219,17 @@ class Trainer:
         if not rows:
             raise ValueError(f"data.eval_prompts {d.eval_prompts} holds no prompts: give a prompt file, or set "
                              "data.num_eval_prompts: 0 for no sample grids")
+        self._check_vocabulary(rows, "data.eval_prompts")
+
+    def _check_vocabulary(self, rows: list[tuple[str, dict | None]], key: str) -> None:
+        """The built-in model's closed vocabulary: an unknown word fails now, not mid-run or after the last
+        iteration (open-vocabulary tokenizers take any prompt, and encoding all of them would cost minutes)."""
+        if self.adapter.family != "shapes":
+            return
+        try:
+            self.adapter.encode_prompts(sorted({p for p, _ in rows}))
+        except ValueError as e:
+            raise ValueError(f"{key}: {e}") from None
 
     def _keep_fp32_weights(self) -> None:
         """Full fine-tuning updates the weights themselves, so they stay fp32.

@@ -409,7 +409,9 @@ def test_run_folder_and_reward_option_mistakes_are_one_line_errors(tmp_path, tin
                           (["--set", f"data.eval_prompts={tmp_path / 'empty.txt'}"], "holds no prompts"),
                           # the built-in model's closed vocabulary: checked before the run folder is touched
                           (["--set", f"data.prompts={tmp_path / 'dragons.txt'}"],
-                           "data.prompts: the shapes model does not know the word 'dragon'")]:
+                           "data.prompts: the shapes model does not know the word 'dragon'"),
+                          (["--set", f"data.eval_prompts={tmp_path / 'dragons.txt'}"],
+                           "data.eval_prompts: the shapes model does not know the word 'dragon'")]:
         res = CliRunner().invoke(main, ["train", str(p), *args])
         assert res.exit_code == 2 and message in res.output and "Traceback" not in res.output, res.output
         assert len(res.output.strip().splitlines()) == 1, res.output
