@@ -60,6 +60,7 @@ class ImageResult:
     tag: str
     prompt: str = ""
     detections: dict = field(default_factory=dict)  #: class → kept detections as JSON dicts
+    prompt_index: int | None = None  #: metadata row (GenEval's prompt folder); None = group by prompt text
 
     def to_json(self) -> dict:
         return {"tag": self.tag, "prompt": self.prompt, "correct": self.correct,
@@ -207,7 +208,10 @@ def summarize(results: Iterable[ImageResult]) -> dict:
 
     Returns {tag: accuracy for each tag present, "overall": float, "counts":
     {tag: {"correct", "total"}}, "images": n, "image_accuracy": float,
-    "prompts": n, "prompt_accuracy": float (a prompt counts if any image is correct)}.
+    "prompts": n, "prompt_accuracy": float (a prompt counts if any image is correct),
+    "pass_at_n": {tag: share of the tag's metadata rows with at least one correct image, "overall":
+    their unweighted mean}, "images_per_row": n (None if rows hold different numbers of images)}. pass@n over the mean is the headroom RL post-training can close by sharpening:
+    what the model already draws in some of a prompt's samples.
     """
     results = list(results)
     counts: dict[str, dict[str, int]] = {}
@@ -226,4 +230,17 @@ def summarize(results: Iterable[ImageResult]) -> dict:
     out["image_accuracy"] = sum(r.correct for r in results) / len(results) if results else 0.0
     out["prompts"] = len(by_prompt)
     out["prompt_accuracy"] = sum(by_prompt.values()) / len(by_prompt) if by_prompt else 0.0
+    by_row: dict[tuple, bool] = {}  # pass@n counts each metadata row (its own n images) once
+    row_sizes: dict[tuple, int] = {}
+    for r in results:
+        key = (r.tag, r.prompt if r.prompt_index is None else r.prompt_index)
+        by_row[key] = by_row.get(key, False) or r.correct
+        row_sizes[key] = row_sizes.get(key, 0) + 1
+    passed: dict[str, list[bool]] = {}
+    for (tag, _), ok in by_row.items():
+        passed.setdefault(tag, []).append(ok)
+    pass_at = {t: sum(passed[t]) / len(passed[t]) for t in order}
+    pass_at["overall"] = sum(pass_at.values()) / len(order) if order else 0.0
+    out["pass_at_n"] = pass_at
+    out["images_per_row"] = next(iter(set(row_sizes.values()))) if len(set(row_sizes.values())) == 1 else None
     return out

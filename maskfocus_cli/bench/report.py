@@ -113,6 +113,21 @@ def summary_table(summary: dict, title: str | None = None) -> Table:
     return table
 
 
+def pass_line(summary: dict) -> str | None:
+    """GenEval-like runs with several images per prompt: pass@n per tag in one line (None otherwise).
+
+    A prompt passes if any of its n images is correct; pass@n above the table's accuracy is what the
+    model already draws in some samples — the headroom RL post-training sharpens towards.
+    """
+    pass_at, n = summary.get("pass_at_n"), summary.get("images_per_row")
+    if summary.get("bench") not in GENEVAL_LIKE or not pass_at or n == 1:
+        return None
+    label = f"pass@{n}" if n else "pass@n"
+    cols = [("overall", "Overall")] + [(t, TAG_TITLES.get(t, t)) for t in pass_at if t != "overall"]
+    return f"{label} (a prompt passes if any of its {n or 'n'} images is correct): " + " · ".join(
+        f"{name} {pass_at[key]:.2f}" for key, name in cols)
+
+
 def _title(summary: dict) -> str:
     bench = summary.get("bench", "")
     name = {"geneval": "GenEval", "shapes": "GenEval rules on the shapes world",

@@ -306,7 +306,8 @@ def _score_geneval(detector: Detector, images: torch.Tensor, items: Sequence[Gen
 
 def row_to_result(row: dict) -> ImageResult:
     return ImageResult(correct=bool(row["correct"]), reason=row.get("reason", ""), tag=row["tag"],
-                       prompt=row.get("prompt", ""), detections=row.get("detections", {}))
+                       prompt=row.get("prompt", ""), detections=row.get("detections", {}),
+                       prompt_index=row.get("prompt_index"))
 
 
 def geneval_summary(rows: Iterable[dict], bench: str, info: dict | None = None) -> dict:
@@ -433,7 +434,8 @@ def shapes_benchmark(adapter: MaskedT2IAdapter, n_prompts: int = 192, n_images: 
     results: list[ImageResult] = []
     for batch in generate(adapter, jobs, settings, batch_size):
         t0 = time.perf_counter()
-        results += evaluate_batch(detector, quantize(batch.images), [j.meta for j in batch.jobs], thresholds)
+        scored = evaluate_batch(detector, quantize(batch.images), [j.meta for j in batch.jobs], thresholds)
+        results += [dataclasses.replace(r, prompt_index=j.prompt_index) for r, j in zip(scored, batch.jobs)]
         timer.seconds += time.perf_counter() - t0
         timer.images += len(batch.jobs)
     return {"bench": "shapes", **summarize(results), "sampler": dataclasses.asdict(settings), "n": n_images,

@@ -201,6 +201,8 @@ def evaluate(ctx, bench, images_dir, prompt_file, categories, model_spec, checkp
                                                  fresh=fresh, on_progress=cb)
 
     stderr.print(report.summary_table(summary))
+    if (line := report.pass_line(summary)) is not None:
+        stderr.print(line)
     rate = summary.get("images_per_second_scored")
     fresh_n = summary.get("newly_scored", 0)
     resumed = summary.get("images", 0) - fresh_n

@@ -18,7 +18,7 @@ from maskfocus_cli.engine.sampling import SamplerSettings
 
 FAST = ["--steps", "4", "--num-prompts", "6", "--n", "2"]
 SCORE_KEYS = ("overall", "single_object", "two_object", "counting", "colors", "position", "color_attr", "counts",
-              "images", "image_accuracy", "prompts", "prompt_accuracy")
+              "images", "image_accuracy", "prompts", "prompt_accuracy", "pass_at_n", "images_per_row")
 
 
 @pytest.fixture(scope="session")
@@ -145,6 +145,14 @@ def test_shapes_generate_writes_layout_results_and_summary(shapes_run):
     for t, v in by_tag.items():
         assert summary[t] == pytest.approx(sum(v) / len(v))
     assert summary["overall"] == pytest.approx(sum(sum(v) / len(v) for v in by_tag.values()) / 6)
+    # pass@2: a prompt row passes if either of its two images is correct
+    passed: dict[str, dict[int, bool]] = {}
+    for r in rows:
+        row = passed.setdefault(r["tag"], {})
+        row[r["prompt_index"]] = row.get(r["prompt_index"], False) or r["correct"]
+    for t, v in passed.items():
+        assert summary["pass_at_n"][t] == pytest.approx(sum(v.values()) / len(v))
+    assert summary["images_per_row"] == 2 and "pass@2 (a prompt passes if any of its 2 images" in res.stderr
     assert "Overall" in res.stderr and "Color attr." in res.stderr and "images/s" in res.stderr
 
 

@@ -7,8 +7,8 @@ import json
 import pytest
 from rich.console import Console
 
-from maskfocus_cli.bench.report import (compare_table, deltas, metric_columns, read_summary, summary_table,
-                                        write_summary)
+from maskfocus_cli.bench.report import (compare_table, deltas, metric_columns, pass_line, read_summary,
+                                        summary_table, write_summary)
 
 
 def geneval_summary(overall: float, **tags: float) -> dict:
@@ -114,3 +114,16 @@ def test_markdown_rows_are_named_as_in_the_compare_table():
         assert names(markdown_table(a, None, b, labels)) == terminal(compare_table(a, b, labels))
     assert names(markdown_table(a, None, b, ("RS1", "EV1"))) == ["RS1", "EV1", "Δ"]
     assert names(markdown_table(a, None, b)) == ["EV1", "shapes", "Δ"]
+
+
+def test_pass_line_names_n_and_every_tag_and_is_absent_for_one_image_per_prompt():
+    s = geneval_summary(0.4, single_object=0.75, counting=0.05)
+    s["pass_at_n"] = {"single_object": 1.0, "counting": 0.25, "overall": 0.625}
+    s["images_per_row"] = 4
+    assert pass_line(s) == ("pass@4 (a prompt passes if any of its 4 images is correct): "
+                            "Overall 0.62 · Single 1.00 · Counting 0.25")
+    s["images_per_row"] = None
+    assert pass_line(s).startswith("pass@n (a prompt passes if any of its n images")
+    s["images_per_row"] = 1
+    assert pass_line(s) is None
+    assert pass_line({"bench": "t2i-compbench", "color": 0.5}) is None

@@ -190,6 +190,9 @@ def test_summary_is_unweighted_mean_of_tag_accuracies():
     assert s["counts"] == {"single_object": {"correct": 2, "total": 2}, "counting": {"correct": 1, "total": 4}}
     assert (s["prompts"], s["prompt_accuracy"]) == (3, pytest.approx(2 / 3))
     assert "position" not in s
+    # pass@n: a prompt passes if any of its images is correct (b: one of two; c: none)
+    assert s["pass_at_n"] == {"single_object": 1.0, "counting": 0.5, "overall": pytest.approx(0.75)}
+    assert s["images_per_row"] == 2
     assert list(TAG_TITLES.values()) == ["Single", "Two", "Counting", "Colors", "Position", "Color attr."]
 
 
@@ -225,3 +228,16 @@ def test_real_geneval_metadata_is_understood():
         results += [ok, empty]
     s = summarize(results)
     assert s["overall"] == pytest.approx(0.5) and s["prompts"] == len({(r["tag"], r["prompt"]) for r in rows})
+
+
+def test_pass_at_n_counts_each_metadata_row_once_even_when_prompt_texts_repeat():
+    # two rows of the same prompt (GenEval repeats rows; each has its own images): one passes, one does not
+    res = [ImageResult(False, "x", "counting", "two cats", prompt_index=0),
+           ImageResult(True, "", "counting", "two cats", prompt_index=0),
+           ImageResult(False, "x", "counting", "two cats", prompt_index=1),
+           ImageResult(False, "x", "counting", "two cats", prompt_index=1),
+           ImageResult(True, "", "colors", "a red cat", prompt_index=2)]
+    s = summarize(res)
+    assert s["pass_at_n"] == {"counting": 0.5, "colors": 1.0, "overall": 0.75}
+    assert s["images_per_row"] is None  # rows of 2, 2 and 1 images
+    assert s["prompt_accuracy"] == 1.0  # GenEval's prompt accuracy still groups by text
