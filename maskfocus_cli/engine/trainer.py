@@ -14,7 +14,6 @@ every rank normalises advantages over the whole group.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import math
 import random
@@ -30,22 +29,15 @@ import torch
 from torch import nn
 
 from maskfocus_cli.config import Recipe, flatten, to_dict
-from maskfocus_cli.engine.critical import (make_embedder, make_selector, select_steps, shared_gain,
-                                           trajectory_gain)
 from maskfocus_cli.engine.data import load_prompt_source, prompt_weights
-from maskfocus_cli.engine.grpo import group_advantages, mask_grpo_step_loss, maskfocus_step_loss, random_remask
+from maskfocus_cli.engine.estimators import Unit, UpdateContext, derive_seed, make_estimator
+from maskfocus_cli.engine.grpo import group_advantages
 from maskfocus_cli.engine.routing import make_router
-from maskfocus_cli.engine.sampling import (PromptEncoder, SamplerSettings, Trajectory, make_generators, sample,
+from maskfocus_cli.engine.sampling import (PromptEncoder, SamplerSettings, Trajectory, sample,
                                            mask_counts, step_info)
 from maskfocus_cli.io.checkpoint import CheckpointError, atomic_dir, atomic_write_json, read_json, save_weights
 from maskfocus_cli.models.base import MaskedT2IAdapter, index_cond
 from maskfocus_cli.models.loading import absolute_spec
-
-
-def derive_seed(*parts) -> int:
-    """A 63-bit seed from any parts (stable across processes and Python versions)."""
-    h = hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=8).digest()
-    return int.from_bytes(h, "little") & ((1 << 63) - 1)
 
 
 def sampler_settings(cfg) -> SamplerSettings:
@@ -159,8 +151,11 @@ class Trainer:
             self._keep_fp32_weights()
         self.policy = self.adapter.transformer
         self.policy.train()
+        # the policy-update strategy (which steps, which loss); None for supervised pretraining
+        self.estimator = None if self.cfg.algorithm == "pretrain" else \
+            make_estimator(recipe, self.adapter, recipe.sampler.steps)
         self.reference = None
-        if self.cfg.algorithm == "maskfocus" and self.cfg.kl_beta > 0:
+        if self.estimator is not None and self.estimator.uses_reference:
             # with LoRA the frozen base *is* the reference: no second copy of the weights
             self.reference = AdapterDisabled(self.policy) if self.lora else \
                 copy.deepcopy(self.policy).requires_grad_(False).eval()
@@ -191,15 +186,6 @@ class Trainer:
             gather = None if self.acc.num_processes == 1 else self._gather_entropies
             self.router = make_router(recipe.routing.enabled, recipe.routing.scale, recipe.routing.decay,
                                       recipe.routing.floor, gather)
-            self.selector = make_selector(recipe.critical.selector)
-            if self.cfg.algorithm == "maskfocus":
-                k = self.recipe.critical.k
-                if recipe.critical.selector != "all" and k > self.settings.steps:
-                    raise ValueError(f"critical.k = {k} is larger than sampler.steps = {self.settings.steps}")
-            self.embedder = None
-            if self.cfg.algorithm == "maskfocus" and self.selector.needs_gain:
-                self.embedder = make_embedder(recipe.critical.embed, self.adapter, recipe.critical.clip_model,
-                                              recipe.critical.clip_weights)
         else:
             from maskfocus_cli.engine.pretrain import SceneStream, pretrain_mix
             self.stream = SceneStream(self.adapter, self.cfg.seed, tag_mix=pretrain_mix(recipe.data.tag_weights),
@@ -627,32 +613,12 @@ class Trainer:
             value = self.acc.reduce(value.to(self.acc.device), "mean").cpu()
         return float(value)
 
+    def _context(self) -> UpdateContext:
+        return UpdateContext(self.adapter, self.net, self.reference, self.acc, self.settings, self.cfg.seed)
+
     def _choose_steps(self, sub: Trajectory, it: int, idx: torch.Tensor) -> torch.Tensor:
-        """(k,) shared steps or (B, k) per-sample steps for this rank's kept samples."""
-        T = self.settings.steps
-        if self.cfg.algorithm == "mask-grpo":
-            r = self.cfg.reduction_steps
-            return torch.arange(min(r, T) if r else T)
-        shared = self.recipe.critical.reduction == "batch"
-        b = sub.final.shape[0]
-        gain = None
-        if self.selector.needs_gain:
-            sim, gain = trajectory_gain(sub, self.embedder) if b else (None, None)
-            if shared:  # the gain of the whole rollout batch's mean similarity (official), alike on every rank
-                total = sim.detach().cpu().double().sum(0) if sim is not None else torch.zeros(T, dtype=torch.float64)
-                count = torch.tensor([float(b)], dtype=torch.float64)
-                if self.acc.num_processes > 1:
-                    dev = self.acc.device
-                    total = self.acc.reduce(total.to(dev), "sum").cpu()
-                    count = self.acc.reduce(count.to(dev), "sum").cpu()
-                gain = shared_gain((total / count.clamp_min(1.0)).float()[None])[None]
-        if b == 0 and not shared:  # nothing kept on this rank: any k steps (only dummy passes run)
-            return torch.arange(min(self.recipe.critical.k, T))
-        # a shared step set is drawn alike on every rank; per-sample sets per rank
-        rank_key = () if shared else (self.acc.process_index,)
-        gen = torch.Generator().manual_seed(derive_seed(self.cfg.seed, it, *rank_key, "steps"))
-        return select_steps(self.selector, T, self.recipe.critical.k, gain, self.recipe.critical.reduction, gen,
-                            batch_size=b)
+        """(k,) shared steps or (B, k) per-sample steps for this rank's kept samples (the estimator's)."""
+        return self.estimator.choose_steps(self._context(), sub, it)
 
     def _units(self, b: int, steps: torch.Tensor) -> list[tuple[int, int, torch.Tensor]]:
         """(j, t, rows) work units; each is ONE forward and ONE backward (what DDP expects)."""
@@ -718,32 +684,13 @@ class Trainer:
     def _unit_loss(self, sub: Trajectory, rows: torch.Tensor, j: int, t: int, cond, uncond,
                    settings: SamplerSettings, adv: torch.Tensor, it: int, global_idx: torch.Tensor, old: dict,
                    epoch: int):
-        """The configured estimator on one (step, rows) unit; π_old is cached from epoch 0."""
-        cfg = self.cfg
-        T, N = self.settings.steps, self.adapter.num_tokens
+        """The estimator's loss on one (step, rows) unit; π_old is cached from epoch 0."""
         dev = self.adapter.device
         c = index_cond(cond, rows.to(dev))
         u = index_cond(uncond, rows.to(dev)) if uncond is not None else None
-        adv = adv.to(dev)
-        info = step_info(t, T, N, sub.counts)
         key = (j, t, int(rows[0]))
-        if cfg.algorithm == "mask-grpo":
-            temp = sub.temperature[t, rows] if sub.temperature is not None else None
-            nxt = sub.states[t + 1, rows] if t + 1 < T else sub.final[rows]
-            res = mask_grpo_step_loss(self.adapter, self.net, sub.states[t, rows], nxt, sub.x0[t, rows],
-                                      sub.newly[t, rows], sub.threshold[t, rows], c, u, info, adv, settings,
-                                      old.get(key), temp, cfg.remask_term, cfg.clip_low, cfg.clip_high)
-        else:
-            gens = [torch.Generator().manual_seed(derive_seed(cfg.seed, it, int(g), t, "remask"))
-                    for g in global_idx]
-            final = sub.final[rows]
-            masked = random_remask(final, sub.counts[t], gens)
-            # under mixed precision the prepared policy runs autocast; the reference must too, or
-            # their precision gap reads as KL (1.7e-5 at iteration 0 with identical weights)
-            with self.acc.autocast():
-                res = maskfocus_step_loss(self.adapter, self.net, self.reference, final, masked, c, u, info, adv,
-                                          settings, old.get(key), cfg.kl_beta, cfg.clip_low, cfg.clip_high,
-                                          cfg.kl_max, cfg.kl_estimator)
+        res = self.estimator.unit_loss(self._context(), sub, Unit(j, t, rows, global_idx), c, u, settings,
+                                       adv.to(dev), it, old.get(key))
         if epoch == 0:
             old[key] = res.logp
         return res
