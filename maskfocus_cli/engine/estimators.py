@@ -94,9 +94,10 @@ class MaskGRPOEstimator(Estimator):
         info = step_info(t, T, ctx.adapter.num_tokens, sub.counts)
         temp = sub.temperature[t, rows] if sub.temperature is not None else None
         nxt = sub.states[t + 1, rows] if t + 1 < T else sub.final[rows]
+        tau = ctx.adapter.gumbel_temperature(t, T, ctx.settings.gumbel_temperature)  # as the rollout's step t
         return mask_grpo_step_loss(ctx.adapter, ctx.net, sub.states[t, rows], nxt, sub.x0[t, rows],
                                    sub.newly[t, rows], sub.threshold[t, rows], cond, uncond, info, adv, settings,
-                                   old_logp, temp, self.remask_term, self.clip_low, self.clip_high)
+                                   old_logp, temp, self.remask_term, self.clip_low, self.clip_high, tau)
 
 
 class MaskFocusEstimator(Estimator):

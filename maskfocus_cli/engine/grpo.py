@@ -8,9 +8,9 @@ global sample count and calls backward per step, so memory never grows with T).
   scored at step t's timestep over all masked tokens; per-token ratio, clipped
   surrogate, k3 KL to a frozen reference.
 * ``mask_grpo_step_loss``: replays the recorded state s_t; log π(s_{t+1}|s_t) is the
-  sum over newly-unmasked tokens (+ optionally the log-mass below the step's
-  confidence cut-off for the tokens that stayed masked); per-step ratio with an
-  asymmetric clip; no KL.
+  sum over newly-unmasked tokens (+ optionally, for the tokens that stayed masked,
+  the log-probability that their noisy confidence fell below the step's cut-off);
+  per-step ratio with an asymmetric clip; no KL.
 """
 
 from __future__ import annotations
@@ -88,6 +88,22 @@ def categorical_kl(logp_all: torch.Tensor, ref_logp_all: torch.Tensor) -> torch.
     return (logp_all.exp() * (logp_all - ref_logp_all)).sum(-1)
 
 
+def log_prob_below_cutoff(logp_all: torch.Tensor, threshold: torch.Tensor, gumbel_tau: float) -> torch.Tensor:
+    """(B, N) log P(a masked token's confidence log p(x̂0) + τ·g falls below its image's cut-off).
+
+    x̂0 ~ p and g ~ Gumbel(0, 1) are independent, so P = Σ_x p(x) · F((thr − log p(x)) / τ) with the
+    Gumbel CDF F(z) = exp(−exp(−z)); at τ = 0 it is the probability mass below the cut-off. Comparing raw
+    log-probs with a cut-off that includes the noise (always above them early on) makes the term
+    identically 0 — the published code's defect in another form.
+    """
+    thr = threshold.to(logp_all.dtype)[:, None, None]
+    if gumbel_tau > 0:
+        z = ((logp_all - thr) / gumbel_tau).clamp(max=60.0)  # exp(60) is −inf enough, and finite
+        return torch.logsumexp(logp_all - torch.exp(z), dim=-1)
+    below = (logp_all < thr).float()
+    return (logp_all.exp() * below).sum(-1).clamp_min(1e-12).log()
+
+
 def random_remask(final: torch.Tensor, count: int, generators: list[torch.Generator]) -> torch.Tensor:
     """(B, N) bool: ``count`` random positions per sample, from each sample's own generator."""
     b, n = final.shape
@@ -151,18 +167,22 @@ def mask_grpo_step_loss(adapter: MaskedT2IAdapter, net: nn.Module, state: torch.
                         x0: torch.Tensor, newly: torch.Tensor, threshold: torch.Tensor, cond: Cond,
                         uncond: Cond | None, step: StepInfo, adv: torch.Tensor, settings: SamplerSettings,
                         old_logp: torch.Tensor | None = None, temperature: torch.Tensor | None = None,
-                        remask_term: bool = False, clip_low: float = 0.1, clip_high: float = 0.2) -> StepLoss:
-    """Mask-GRPO estimator for one replayed step: log π(s_{t+1} | s_t) per sample."""
+                        remask_term: bool = False, clip_low: float = 0.1, clip_high: float = 0.2,
+                        gumbel_tau: float = 0.0) -> StepLoss:
+    """Mask-GRPO estimator for one replayed step: log π(s_{t+1} | s_t) per sample.
+
+    ``gumbel_tau``: the step's confidence-noise temperature τ_t, which the re-mask term needs (the
+    cut-off is a confidence, log p + τ_t·Gumbel, not a log-probability).
+    """
     logp_all = step_log_probs(adapter, state, cond, uncond, step, settings, net=net, temperature=temperature)
     tok = logp_all.gather(-1, x0.unsqueeze(-1)).squeeze(-1)
     lp = torch.where(newly.bool(), tok, torch.zeros_like(tok)).sum(1)
     if remask_term:
-        # tokens that stayed masked: log P(their confidence falls below the step's cut-off),
-        # with the cut-off stored as a float (the published code kept it in a bool tensor).
+        # tokens that stayed masked: log P(their confidence falls below the step's cut-off), with the
+        # cut-off stored as a float (the published code kept it in a bool tensor: a constant term)
         stayed = (state == adapter.mask_id) & (next_state == adapter.mask_id)
-        below = (logp_all < threshold[:, None, None]).float()
-        mass = (logp_all.exp() * below).sum(-1).clamp_min(1e-12).log()
-        lp = lp + torch.where(stayed, mass, torch.zeros_like(mass)).sum(1)
+        stay = log_prob_below_cutoff(logp_all, threshold, gumbel_tau)
+        lp = lp + torch.where(stayed, stay, torch.zeros_like(stay)).sum(1)
     old = lp.detach() if old_logp is None else old_logp
     ratio = torch.exp(lp - old)
     per_sample = clipped_surrogate(ratio, adv, clip_low, clip_high)

@@ -57,3 +57,32 @@ def test_random_selector_draws_k_distinct_steps_alike_for_the_same_seed_and_iter
 def test_pretraining_has_no_policy_update_estimator():
     with pytest.raises(ValueError, match="no policy-update estimator"):
         make_estimator(recipe(algorithm="pretrain"), adapter=None, steps=16)
+
+
+def test_mask_grpo_replays_the_rollout_step_noise_in_its_remask_term(tiny_shapes_dir):
+    """The term on a real recorded rollout uses the rollout's own τ_t (2.0 at step 0 here): it is the
+    noisy-confidence probability, not the always-0 comparison of log-probs with the cut-off."""
+    from maskfocus_cli.engine.estimators import Unit
+    from maskfocus_cli.engine.grpo import log_prob_below_cutoff
+    from maskfocus_cli.engine.sampling import sample, step_info, step_log_probs
+    from maskfocus_cli.models.loading import load_model
+    adapter = load_model(f"shapes:{tiny_shapes_dir}", device="cpu")
+    settings = SamplerSettings(steps=4, guidance_scale=3.0, gumbel_temperature=2.0)
+    prompts = ["a red circle", "a blue square"]
+    cond, uncond = adapter.encode_prompts(prompts), adapter.encode_prompts(["", ""])
+    traj = sample(adapter, cond, uncond, [0, 1], settings, record=True).trajectory
+    c = UpdateContext(adapter, adapter.transformer, None, _OneRank(), settings, seed=0)
+    unit = Unit(0, 0, torch.arange(2), torch.arange(2))
+    loss_settings = SamplerSettings(steps=4, guidance_scale=1.0)
+
+    def logp(remask: bool) -> torch.Tensor:
+        est = MaskGRPOEstimator(0, remask, 0.1, 0.2)
+        return est.unit_loss(c, traj, unit, cond, uncond, loss_settings, torch.ones(2), 0, None).logp
+
+    with torch.no_grad():
+        all_lp = step_log_probs(adapter, traj.states[0], cond, uncond, step_info(0, 4, adapter.num_tokens,
+                                traj.counts), loss_settings)
+    stayed = (traj.states[0] == adapter.mask_id) & (traj.states[1] == adapter.mask_id)
+    term = torch.where(stayed, log_prob_below_cutoff(all_lp, traj.threshold[0], 2.0), torch.zeros(())).sum(1)
+    torch.testing.assert_close(logp(True) - logp(False), term, rtol=1e-4, atol=1e-4)
+    assert (term < -1e-3).all()

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from maskfocus_cli.engine.grpo import (categorical_kl, clipped_surrogate, group_advantages, k3_kl,
-                                       mask_grpo_step_loss, maskfocus_step_loss, random_remask)
+                                       log_prob_below_cutoff, mask_grpo_step_loss, maskfocus_step_loss,
+                                       random_remask)
 from maskfocus_cli.engine.sampling import SamplerSettings, step_log_probs
 from maskfocus_cli.models.base import StepInfo
 
@@ -163,6 +164,49 @@ def test_mask_grpo_remask_term_is_a_real_function_of_the_threshold(toy):
     stayed = nxt == m
     mass = (lp_all.exp() * (lp_all < -2.2)).sum(-1).clamp_min(1e-12).log()
     torch.testing.assert_close(lo.logp - base.logp, (mass * stayed).sum(1).detach())
+
+
+def test_log_prob_below_cutoff_by_hand_with_and_without_confidence_noise():
+    p = torch.tensor([0.5, 0.3, 0.2])
+    logp = p.log()[None, None]  # one image, one token
+    thr, tau = torch.tensor([-1.0]), 2.0
+    # Σ_x p(x) · exp(−exp(−(thr − log p(x)) / τ)), term by term
+    hand = sum(px * math.exp(-math.exp(-(-1.0 - math.log(px)) / tau)) for px in (0.5, 0.3, 0.2))
+    assert float(log_prob_below_cutoff(logp, thr, tau)) == pytest.approx(math.log(hand), rel=1e-6)
+    # without noise: the mass of the tokens whose log-prob is below the cut-off (0.3 and 0.2; log .5 > −1)
+    assert float(log_prob_below_cutoff(logp, thr, 0.0)) == pytest.approx(math.log(0.5), rel=1e-6)
+
+
+def test_log_prob_below_cutoff_matches_sampling_the_noisy_confidence():
+    # what the sampler does: x̂0 ~ p, confidence = log p(x̂0) + τ·Gumbel; how often is it below the cut-off?
+    gen = torch.Generator().manual_seed(0)
+    p = torch.tensor([0.6, 0.25, 0.1, 0.05])
+    thr, tau, n = 1.5, 1.4, 400_000
+    x = torch.multinomial(p, n, replacement=True, generator=gen)
+    g = -torch.log(-torch.log(torch.rand(n, generator=gen).clamp(1e-12, 1 - 1e-12)))
+    freq = float(((p.log()[x] + tau * g) < thr).double().mean())
+    exact = float(log_prob_below_cutoff(p.log()[None, None], torch.tensor([thr]), tau).exp())
+    assert exact == pytest.approx(freq, abs=3e-3)  # the MC standard error is < 1e-3
+    assert 0.05 < exact < 0.95  # a cut-off above every log-prob is not "everything is below" under noise
+
+
+def test_mask_grpo_remask_term_has_a_gradient_when_the_cutoff_includes_noise(toy):
+    _, cond, uncond, settings = _setup(toy)
+    state, x0, nxt, newly = _first_transition(toy)
+    step = StepInfo(0, 4, 1.0)
+    # early steps' cut-offs sit above every log-prob (τ_t·Gumbel lifts them); compared with raw log-probs the
+    # term was log 1 = 0 with no gradient; with the noise in the probability it is a real function
+    kw = dict(cond=cond, uncond=uncond, step=step, adv=torch.ones(2), settings=settings)
+    thr = torch.full((2,), 2.0)
+    plain = mask_grpo_step_loss(toy, toy.transformer, state, nxt, x0, newly, thr, **kw)
+    no_noise = mask_grpo_step_loss(toy, toy.transformer, state, nxt, x0, newly, thr, remask_term=True, **kw)
+    noisy = mask_grpo_step_loss(toy, toy.transformer, state, nxt, x0, newly, thr, remask_term=True,
+                                gumbel_tau=2.0, **kw)
+    torch.testing.assert_close(no_noise.logp, plain.logp)  # τ = 0: every token is below: log 1
+    assert (noisy.logp < plain.logp - 0.1).all()
+    g = torch.autograd.grad(noisy.loss_sum - plain.loss_sum, list(toy.transformer.parameters()),
+                            allow_unused=True)
+    assert sum(float(x.abs().sum()) for x in g if x is not None) > 1e-4
 
 
 def test_reward_by_tag_averages_valid_rewards_per_tag():
