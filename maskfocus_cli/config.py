@@ -45,7 +45,8 @@ class SamplerConfig:
     steps: int = opt(16, "T, number of unmasking steps", min=1)
     guidance_scale: float = opt(3.0, "classifier-free guidance w (formula given by the model family)", min=0)
     schedule: str = opt("cosine", "mask-ratio schedule", choices=("cosine", "linear"))
-    logit_temperature: float = opt(1.0, "τ_logit in p = softmax(logits / τ_logit)", min=1e-6)
+    logit_temperature: float = opt(1.0, "τ_logit in p = softmax(logits / τ_logit); a routed (exploring) token "
+                                        "divides by τ_logit × its routing temperature", min=1e-6)
     gumbel_temperature: float = opt(2.0, "start of the annealed Gumbel confidence noise τ_t (→ 0)", min=0)
 
 
