@@ -77,3 +77,14 @@ def test_keep_last_zero_keeps_every_checkpoint(tmp_path):
     assert stale_checkpoints(dirs, 4) == []
     assert stale_checkpoints(dirs, 9) == []
     assert stale_checkpoints(dirs, 0) == []
+
+
+def test_every_field_of_every_shipped_recipe_is_commented():
+    import re
+    from pathlib import Path
+    recipes = sorted((Path(__file__).parents[2] / "recipes").glob("*.yaml"))
+    assert len(recipes) >= 6
+    bare = [f"{p.name}:{i}: {line.strip()}" for p in recipes
+            for i, line in enumerate(p.read_text().splitlines(), 1)
+            if re.match(r"^\s*(- )?[a-z_]+:\s*[^\s#]", line) and "#" not in line]
+    assert not bare, "recipe fields without a comment:\n" + "\n".join(bare)
