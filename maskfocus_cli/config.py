@@ -131,8 +131,9 @@ class TrainConfig:
                            "weights (what evaluate / sample --checkpoint / export read) are the average, the "
                            "raw policy goes to policy.safetensors for --resume; rollouts use the raw policy. "
                            "Decay warms up as min(d, (1+i)/(10+i)) at iteration i", min=0, max=0.9999)
-    time_budget_minutes: float = opt(0.0, "stop (and checkpoint) after this much wall time; 0 = no limit; "
-                                     "for equal-budget comparisons", min=0)
+    time_budget_minutes: float = opt(0.0, "stop (and checkpoint) after this much wall time, counted over "
+                                     "the whole run (a resumed run gets what is left); 0 = no limit; for "
+                                     "equal-budget comparisons", min=0)
     # supervised pretraining of the built-in model
     batch_size: int = opt(64, "pretrain: scenes per optimiser step", min=1)
     prompt_dropout: float = opt(0.1, "pretrain: probability of the empty prompt (enables CFG)", min=0, max=1)

@@ -113,6 +113,7 @@ STOP_REQUESTED = "stop requested (SIGTERM)"
 class RunState:
     iteration: int = 0  #: iterations completed
     history: list[dict] = field(default_factory=list)  #: metrics rows so far
+    elapsed: float = 0.0  #: wall-clock seconds the run had trained before this process (from the checkpoint)
 
 
 # --------------------------------------------------------------------------- the trainer
@@ -173,6 +174,7 @@ class Trainer:
             mask_counts(self.adapter.num_tokens, st.steps, st.schedule)
         self.encoder = PromptEncoder(self.adapter)
         self.state = RunState()
+        self._clock_start: float | None = None  #: time.monotonic() when this process's loop began
         self._started = False
         self.stop_requested = False  #: set from a signal handler: stop after the current iteration
         self.terminated = False  #: the loop stopped on that request (not at its end or time budget)
@@ -334,6 +336,7 @@ class Trainer:
                        tmp / "training_state.pt")
             atomic_write_json(tmp / "trainer.json", {
                 "iteration": it, "algorithm": self.cfg.algorithm, "model": absolute_spec(self.recipe.model.spec),
+                "elapsed_seconds": round(self.elapsed(), 3),
                 "recipe": to_dict(self.recipe), "last_metrics": self.state.history[-1] if self.state.history else {}})
 
         if self.acc.is_main_process:
@@ -365,6 +368,7 @@ class Trainer:
         self.scheduler.load_state_dict(st["scheduler"])
         self._sync_rollout_net()
         self.state.iteration = int(info["iteration"])
+        self.state.elapsed = float(info.get("elapsed_seconds", 0.0))  # the time budget spans resumes
         metrics = self.run_dir / "metrics.jsonl"
         rows = []
         if metrics.is_file():
@@ -430,10 +434,13 @@ class Trainer:
         self.start(resume)
         end = self.cfg.iterations if stop_after is None else min(self.cfg.iterations,
                                                                  self.state.iteration + stop_after)
-        started = time.monotonic()
+        self._clock_start = time.monotonic()
         budget = self.cfg.time_budget_minutes * 60
+        if self.state.iteration >= end:
+            self.log(f"nothing to train: the run is at iteration {self.state.iteration} of train.iterations = "
+                     f"{self.cfg.iterations} (raise train.iterations to continue it)")
         while self.state.iteration < end:
-            reason = self._stop_reason(started, budget)
+            reason = self._stop_reason(budget)
             if reason:
                 self.terminated = reason == STOP_REQUESTED
                 if not checkpoint_dirs(self.run_dir) or checkpoint_dirs(self.run_dir)[-1].name != \
@@ -463,10 +470,16 @@ class Trainer:
                 self.sample_grid(f"iter-{it + 1:05d}")
         return self.state.history
 
-    def _stop_reason(self, started: float, budget: float) -> str:
-        """Why the loop stops before the next iteration ('' = it goes on): the time budget (rank 0's
-        clock decides) or a termination signal on any rank; all ranks agree, so DDP never splits."""
-        flags = torch.tensor([float(bool(budget) and time.monotonic() - started >= budget),
+    def elapsed(self) -> float:
+        """Wall-clock seconds this run has trained, over all its resumes (what the time budget counts)."""
+        now = 0.0 if self._clock_start is None else time.monotonic() - self._clock_start
+        return self.state.elapsed + now
+
+    def _stop_reason(self, budget: float) -> str:
+        """Why the loop stops before the next iteration ('' = it goes on): the time budget — counted over
+        the whole run, so a resumed run gets only what is left of it (rank 0's clock decides) — or a
+        termination signal on any rank; all ranks agree, so DDP never splits."""
+        flags = torch.tensor([float(bool(budget) and self.elapsed() >= budget),
                               float(self.stop_requested)], device=self.acc.device)
         if self.acc.num_processes > 1:
             both = self.acc.gather(flags[None]).cpu()

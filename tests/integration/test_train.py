@@ -269,6 +269,32 @@ def test_time_budget_stops_and_checkpoints(tmp_path, tiny_shapes_dir):
     assert (tmp_path / "tb" / "checkpoints" / "step-0" / "model.safetensors").is_file()
 
 
+def test_time_budget_counts_the_whole_run_across_resumes(tmp_path, tiny_shapes_dir):
+    p = recipe_file(tmp_path, tiny_shapes_dir, out="tb2")
+    Trainer(load_recipe(p, ["train.iterations=2"])).run()
+    spent = json.loads((tmp_path / "tb2" / "checkpoints" / "step-2" / "trainer.json").read_text())["elapsed_seconds"]
+    assert spent > 0
+    # a budget the first two iterations already used up: the resumed run trains nothing more (it used to
+    # start a fresh budget on every resume, so a pre-empted 20-minute run got 20 more)
+    spent_budget = [f"train.time_budget_minutes={spent / 60 * 0.9}", "train.iterations=10"]
+    again = Trainer(load_recipe(p, spent_budget))
+    assert again.run(resume="latest")[-1]["iteration"] == 1 and again.state.iteration == 2
+    assert again.elapsed() >= spent
+    # room left in the budget: the run goes on, and its clock continues from the checkpoint's
+    more = Trainer(load_recipe(p, ["train.time_budget_minutes=60", "train.iterations=3"]))
+    assert more.run(resume="latest")[-1]["iteration"] == 2
+    total = json.loads((tmp_path / "tb2" / "checkpoints" / "step-3" / "trainer.json").read_text())["elapsed_seconds"]
+    assert total > spent
+
+
+def test_resuming_a_finished_run_says_there_is_nothing_to_train(tmp_path, tiny_shapes_dir):
+    p = recipe_file(tmp_path, tiny_shapes_dir, out="done")
+    Trainer(load_recipe(p, ["train.iterations=2"])).run()
+    said = []
+    Trainer(load_recipe(p, ["train.iterations=1"]), log=said.append).run(resume="latest")
+    assert any("nothing to train: the run is at iteration 2 of train.iterations = 1" in m for m in said)
+
+
 def test_reward_server_down_keeps_last_checkpoint(tmp_path, tiny_shapes_dir):
     import socket
     p = recipe_file(tmp_path, tiny_shapes_dir, out="srv")
