@@ -337,6 +337,15 @@ def _write_all_metadata(out: Path, metadata: Sequence[dict], fresh: bool) -> Non
         write_geneval_metadata(out, i, meta)
 
 
+def _check_prompts(adapter, prompts: set[str], chunk: int = 64) -> None:
+    """Encode every prompt once (in chunks: a large text encoder need not hold them all) so that one the
+    model cannot read fails before anything is written."""
+    todo = sorted(prompts)
+    with torch.no_grad():
+        for lo in range(0, len(todo), chunk):
+            adapter.encode_prompts(todo[lo:lo + chunk])
+
+
 def run_geneval_like(out: str | Path, metadata: Sequence[dict], detector: Detector, generation: Generation, *,
                      bench: str = "geneval", thresholds: GenEvalThresholds = GenEvalThresholds(),
                      scorer_info: dict | None = None, model_info: dict | None = None, fresh: bool = False,
@@ -351,6 +360,8 @@ def run_geneval_like(out: str | Path, metadata: Sequence[dict], detector: Detect
     run_info = {"bench": bench, "scorer": scorer_info or {}, "generator": {**(model_info or {}),
                                                                            **generation.describe()}}
     jobs = make_jobs([m["prompt"] for m in metadata], generation.n, generation.seed, list(metadata))
+    # a prompt the model cannot read (e.g. an unknown word) fails before OUT is touched
+    _check_prompts(generation.adapter, {m["prompt"] for m in metadata})
     _claim_out(out, {geneval_prompt_dir(out, i) / "metadata.jsonl" for i in range(len(metadata))}
                | {geneval_sample_path(out, j.prompt_index, j.image_index) for j in jobs}, fresh)
     store = ResultsStore(out, ("prompt_index", "image_index"), run_info, fresh)
@@ -361,7 +372,6 @@ def run_geneval_like(out: str | Path, metadata: Sequence[dict], detector: Detect
     todo = [j for j in jobs if (j.prompt_index, j.image_index) not in store]
     timer, sink = _Timer(), _Sink(store, len(todo), on_row, on_progress)
     if todo:
-        generation.adapter.encode_prompts(sorted({j.prompt for j in todo}))  # bad prompts fail before sampling
         for batch in generate(generation.adapter, todo, generation.settings, generation.batch_size,
                               generation.router):
             images = quantize(batch.images)
@@ -539,6 +549,8 @@ def run_t2i_compbench(out: str | Path, prompts_by_category: dict[str, Sequence[s
                 "generator": {**(model_info or {}), **generation.describe()}}
     n = generation.n
     plan = [(cat, make_jobs(list(prompts), n, generation.seed)) for cat, prompts in prompts_by_category.items()]
+    # a prompt the model cannot read fails before OUT is touched
+    _check_prompts(generation.adapter, {p for prompts in prompts_by_category.values() for p in prompts})
     # prompts must be usable as file names
     planned = {t2i_sample_path(out / cat, j.prompt, j.prompt_index * n + j.image_index) for cat, jobs in plan
                for j in jobs}
@@ -556,7 +568,6 @@ def run_t2i_compbench(out: str | Path, prompts_by_category: dict[str, Sequence[s
         todo = [j for j in jobs if (cat, j.prompt_index * n + j.image_index) not in store]
         if not todo:
             continue
-        generation.adapter.encode_prompts(sorted({j.prompt for j in todo}))
         for batch in generate(generation.adapter, todo, generation.settings, generation.batch_size,
                               generation.router):
             images = quantize(batch.images)

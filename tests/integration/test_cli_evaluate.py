@@ -450,3 +450,17 @@ def test_t2i_summary_means_per_category():
     assert list(s)[:3] == ["bench", "color", "numeracy"]
     assert s["counts"]["color"] == {"images": 2, "prompts": 2}
     assert not any(isinstance(v, float) and math.isnan(v) for v in s.values())
+
+
+def test_a_prompt_the_model_cannot_read_fails_before_out_is_written(tiny_shapes, tmp_path):
+    good = {"tag": "single_object", "include": [{"class": "circle", "count": 1}], "prompt": "a photo of a circle"}
+    bad = {**good, "prompt": "a photo of an elephant"}
+    meta = tmp_path / "m.jsonl"
+    meta.write_text(json.dumps(good) + "\n" + json.dumps(bad) + "\n")
+    out = tmp_path / "EV"
+    args = ["--bench", "shapes", "--model", f"shapes:{tiny_shapes}", "--n", "1", "--steps", "4", "--out", str(out)]
+    assert_user_error(invoke(*args, "--prompts", str(meta)), "elephant")
+    assert not out.exists()  # it left run.json and both metadata files, which then blocked the corrected run
+    meta.write_text(json.dumps(good) + "\n")
+    res = invoke(*args, "--prompts", str(meta))
+    assert res.exit_code == 0, res.output
