@@ -123,7 +123,7 @@ def read_prompts(args: tuple[str, ...], prompts_file: str | None) -> tuple[list[
                 text.encode("utf-8")  # a C-locale stdin turns bad bytes into surrogates instead of failing
             except (UnicodeDecodeError, UnicodeEncodeError):
                 raise ValueError("--prompts - (stdin) is not UTF-8 text (send UTF-8)") from None
-            lines = text.splitlines()
+            lines = text.removeprefix("\ufeff").splitlines()
             name = "stdin"
         else:
             p = Path(prompts_file)

@@ -7,10 +7,11 @@ from pathlib import Path
 
 
 def read_utf8(path: str | Path, option: str = "") -> str:
-    """The text of a UTF-8 file; any other encoding is a one-line user error naming the file
-    (a bare UnicodeDecodeError does not say which file is wrong)."""
+    """The text of a UTF-8 file, without the byte-order mark Windows editors put first (it would
+    glue itself to the first prompt's first word); any other encoding is a one-line user error naming
+    the file (a bare UnicodeDecodeError does not say which file is wrong)."""
     try:
-        return Path(path).read_text(encoding="utf-8")
+        return Path(path).read_text(encoding="utf-8-sig")
     except UnicodeDecodeError:
         name = f"{option} {path}" if option else str(path)
         raise ValueError(f"{name} is not UTF-8 text (save it as UTF-8)") from None

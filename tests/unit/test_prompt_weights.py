@@ -38,3 +38,22 @@ def test_non_utf8_prompt_source_is_named(tmp_path):
     latin1.write_bytes("a caf\xe9 photo\n".encode("latin-1"))
     with pytest.raises(ValueError, match=f"{latin1} is not UTF-8 text"):
         load_prompt_source(str(latin1))
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_prompt(tmp_path, monkeypatch):
+    import io
+    import json
+    from maskfocus_cli.bench.prompts import load_geneval_metadata
+    from maskfocus_cli.cli.common import read_prompts
+    bom = "\ufeff"
+    txt = tmp_path / "p.txt"
+    txt.write_text(bom + "a photo of a circle\na photo of a square\n", encoding="utf-8")
+    assert [p for p, _ in load_prompt_source(str(txt))] == ["a photo of a circle", "a photo of a square"]
+    assert read_prompts((), str(txt))[0] == ["a photo of a circle", "a photo of a square"]
+    row = {"tag": "single_object", "include": [{"class": "dog", "count": 1}], "prompt": "a photo of a dog"}
+    jsonl = tmp_path / "m.jsonl"
+    jsonl.write_text(bom + json.dumps(row) + "\n", encoding="utf-8")
+    assert load_geneval_metadata(jsonl) == [row]  # was "not valid JSON (Unexpected UTF-8 BOM)"
+    assert load_prompt_source(str(jsonl))[0][0] == "a photo of a dog"
+    monkeypatch.setattr("sys.stdin", io.StringIO(bom + "a photo of a circle\n"))
+    assert read_prompts((), "-")[0] == ["a photo of a circle"]
