@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -191,6 +192,18 @@ def ensure_writable_file(path: str | Path, option: str) -> Path:
 def emit(row: dict) -> None:
     """One JSON line on stdout (the only thing that ever goes to stdout)."""
     click.echo(json.dumps(row, ensure_ascii=False))
+
+
+def silence_stdout() -> None:
+    """Point stdout at the null device after its reader went away, so later writes (and the interpreter's
+    final flush) do not raise BrokenPipeError again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, io.UnsupportedOperation):  # not a real file (e.g. a test runner's buffer)
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
+    finally:
+        os.close(devnull)
 
 
 def progress() -> Progress:

@@ -6,7 +6,7 @@ import signal
 
 import click
 
-from maskfocus_cli.cli.common import emit, stderr
+from maskfocus_cli.cli.common import emit, silence_stdout, stderr
 
 
 class TrainCommand(click.Command):
@@ -92,6 +92,20 @@ def train(recipe, overrides, resume, out, explain) -> None:
         task = bar.add_task(cfg.train.algorithm, total=cfg.train.iterations, info="")
 
         last_validation = ""
+        stdout_open = True
+
+        def emit_row(row: dict) -> None:
+            """A closed stdout (``| head -1``) must not kill hours of training: drop the rows, keep going."""
+            nonlocal stdout_open
+            if not stdout_open:
+                return
+            try:
+                emit(row)
+            except BrokenPipeError:
+                stdout_open = False
+                silence_stdout()
+                trainer.log("stdout was closed (the pipe's reader exited): training goes on; every row is in "
+                            f"{trainer.run_dir / 'metrics.jsonl'}")
 
         def on_iteration(row: dict) -> None:
             nonlocal last_validation
@@ -105,7 +119,7 @@ def train(recipe, overrides, resume, out, explain) -> None:
                        f"objects {row.get('object_accuracy', float('nan')):.3f}"
             bar.update(task, completed=row["iteration"] + 1, info=info)
             if main:
-                emit(row)
+                emit_row(row)
 
         try:
             history = trainer.run(resume=resume, on_iteration=on_iteration)

@@ -485,3 +485,22 @@ def test_maskfocus_loss_is_beta_times_the_logged_kl_per_sample_and_step(tmp_path
     assert moved and all(len(r["steps"]) >= 1 for r in moved)
     for r in moved:
         assert r["loss"] == pytest.approx(0.05 * r["kl"], rel=1e-3, abs=1e-7), r
+
+
+def test_a_closed_stdout_does_not_stop_training(tmp_path, tiny_shapes_dir):
+    """`maskfocus train R | head -1`: the reader goes away after one row; the run trains to the end."""
+    import os
+    import subprocess
+    import sys
+    p = recipe_file(tmp_path, tiny_shapes_dir, out="pipe")
+    cmd = [sys.executable, "-m", "maskfocus_cli", "train", str(p), "--set", "train.iterations=4",
+           "--set", "data.num_eval_prompts=0"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert json.loads(proc.stdout.readline())["iteration"] == 0
+    proc.stdout.close()  # as `head -1` exits
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 0, err
+    assert "stdout was closed" in err and "Traceback" not in err
+    assert (tmp_path / "pipe" / "checkpoints" / "step-4").is_dir()
+    assert len((tmp_path / "pipe" / "metrics.jsonl").read_text().splitlines()) == 4
