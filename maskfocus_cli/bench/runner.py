@@ -70,7 +70,8 @@ class Generation:
 
     def describe(self) -> dict:
         # "routing" only when on: results written without it keep resuming under the same run info
-        routing = {"routing": True} if self.router is not None else {}
+        # (with the batch size: a routed image depends on its batch's median entropy)
+        routing = {"routing": True, "batch_size": self.batch_size} if self.router is not None else {}
         return {"sampler": dataclasses.asdict(self.settings), "n": self.n, "seed": self.seed, **routing}
 
 

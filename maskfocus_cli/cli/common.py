@@ -39,6 +39,18 @@ def model_options(f: Callable) -> Callable:
 MAX_SEED = 2**63 - 1
 
 
+def check_seed_room(seed: int, images: int) -> None:
+    """Image seeds run from ``seed`` up to ``seed + images − 1`` (a repeated prompt continues with new seeds):
+    all must be valid --seed values too, or a printed seed could not regenerate its image."""
+    if images > 0 and seed + images - 1 > MAX_SEED:
+        raise ValueError(f"--seed {seed} leaves no room for {images} images (their seeds run up to --seed + "
+                         f"{images - 1}, above {MAX_SEED}); use --seed {MAX_SEED - images + 1} or less")
+
+
+ROUTING_HELP = ("each batch is split at its median entropy, so images depend on --batch-size (a batch of one "
+                "never explores)")
+
+
 class CheckedInt(click.IntRange):
     """An integer option within bounds, checked while parsing (before any model loads). Raises ValueError, so
     the error is the CLI's usual one line + exit 2 (as CheckedFloat's) instead of click's usage block."""

@@ -8,8 +8,8 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
-from maskfocus_cli.cli.common import MAX_SEED, CheckedInt, emit, ensure_writable_dir, ensure_writable_file, \
-    model_options, progress, remove_if_left_empty, sampler_options, settings_from, stderr
+from maskfocus_cli.cli.common import MAX_SEED, ROUTING_HELP, CheckedInt, check_seed_room, emit, ensure_writable_dir, \
+    ensure_writable_file, model_options, progress, remove_if_left_empty, sampler_options, settings_from, stderr
 
 BENCHES = ("geneval", "t2i-compbench", "shapes")
 T2I_SCORED = ("color", "shape", "texture", "spatial", "non_spatial", "numeracy", "complex")
@@ -84,7 +84,8 @@ def _bar_callback(bar, label: str):
               help="summary.json of another run: print both side by side with deltas.")
 @click.option("--routing", is_flag=True,
               help="Sample as MaskFocus rollouts do (entropy-based dynamic routing): how much the exploratory "
-                   "step costs the reward. Benchmarks score the standard sampler; this is a diagnostic.")
+                   "step costs the reward. Benchmarks score the standard sampler; this is a diagnostic; "
+                   + ROUTING_HELP + " (recorded).")
 @click.option("--fresh", is_flag=True,
               help="Start over instead of resuming: discard the earlier run in --out (its images, results.jsonl, "
                    "summary.json; with --images only its results).")
@@ -147,6 +148,8 @@ def evaluate(ctx, bench, images_dir, prompt_file, categories, model_spec, checkp
             metadata = load_geneval_metadata(prompt_file, colors=GENEVAL_COLORS)
         else:
             metadata = _shapes_metadata(prompt_file, num_prompts, prompt_seed)
+        rows = sum(map(len, prompts.values())) if bench == "t2i-compbench" else len(metadata)
+        check_seed_room(seed, rows * n)
     out = out or images_dir or f"eval-{bench}"
     remove_if_left_empty(out)  # a failed run leaves no empty folder behind
     out_dir = ensure_writable_dir(out)

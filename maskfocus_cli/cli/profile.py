@@ -11,8 +11,9 @@ from pathlib import Path
 
 import click
 
-from maskfocus_cli.cli.common import (MAX_SEED, CheckedInt, emit, ensure_writable_dir, model_options, progress,
-                                      read_prompts, sampler_options, settings_from, stderr)
+from maskfocus_cli.cli.common import (MAX_SEED, ROUTING_HELP, CheckedInt, check_seed_room, emit, ensure_writable_dir,
+                                      model_options, progress, read_prompts, remove_if_left_empty, sampler_options,
+                                      settings_from, stderr)
 
 
 def profile_table(result, title: str = ""):
@@ -51,7 +52,8 @@ def profile_table(result, title: str = ""):
 @click.option("--clip-weights", default=None, metavar="PATH",
               help="Local open_clip weights file for --embed clip (nothing is downloaded).")
 @click.option("--top-k", "top_k", default=3, show_default=True, type=int, help="Critical steps to pick.")
-@click.option("--routing", is_flag=True, help="Profile rollouts sampled with entropy-based dynamic routing.")
+@click.option("--routing", is_flag=True,
+              help="Profile rollouts sampled with entropy-based dynamic routing; " + ROUTING_HELP + ".")
 @click.option("--strip", "strip_prompts", default=4, show_default=True, type=click.IntRange(0, 16),
               help="Prompts shown in the x̂0 image strip of profile.png (0 = none).")
 @click.option("--out", "out", default="profile", show_default=True, metavar="DIR", help="Output folder.")
@@ -73,11 +75,13 @@ def profile_steps(prompt_args, prompts_file, model_spec, checkpoint, device, dty
     prompts, _ = read_prompts(prompt_args, prompts_file)
     settings = settings_from(steps, cfg, schedule, temperature, gumbel)
     check_profile_options(steps, top_k, n, batch_size)
+    check_seed_room(seed, len(prompts) * n)
     if embed == "clip":  # fail on missing CLIP weights before loading any model
         if clip_weights is None:
             make_embedder("clip", None, clip_model, None)  # raises the how-to message, touches nothing
         if not Path(clip_weights).is_file():
             raise ValueError(f"--clip-weights {clip_weights}: file not found (a local open_clip weights file)")
+    remove_if_left_empty(out)  # a failed run leaves no empty folder behind
     out_dir = ensure_writable_dir(out)
     adapter = load_model(model_spec, checkpoint, device, dtype)
     adapter.encode_prompts(sorted(set(prompts)))  # reject bad prompts before any sampling
@@ -103,8 +107,10 @@ def profile_steps(prompt_args, prompts_file, model_spec, checkpoint, device, dty
     facts = {"model": model_spec, "embed": embed}
     if checkpoint:
         facts["checkpoint"] = str(checkpoint)
+    if routing:  # routed images depend on their batch's composition
+        facts["batch_size"] = batch_size
     summary = result.summary(**facts, images_per_prompt=n, seed=seed, cfg=cfg, schedule=schedule,
-                             routing=routing)
+                             temperature=temperature, gumbel=gumbel, routing=routing)
     atomic_write_json(out_dir / "summary.json", summary)
     write_profile_plot(result, out_dir / "profile.png",
                        title=f"{model_spec}: T={steps}, {len(prompts)} prompts × {n} images, embed={embed}"

@@ -8,8 +8,9 @@ from pathlib import Path
 import click
 import torch
 
-from maskfocus_cli.cli.common import (MAX_SEED, CheckedInt, emit, ensure_writable_dir, model_options, progress,
-                                      read_prompts, remove_if_left_empty, sampler_options, settings_from)
+from maskfocus_cli.cli.common import (MAX_SEED, ROUTING_HELP, CheckedInt, check_seed_room, emit, ensure_writable_dir,
+                                      model_options, progress, read_prompts, remove_if_left_empty, sampler_options,
+                                      settings_from)
 
 
 def image_path(out: Path, layout: str, prompt_index: int, image_index: int) -> Path:
@@ -65,7 +66,8 @@ def check_no_earlier_run(out: Path) -> None:
                    "(GenEval rows from a .jsonl --prompts file, else parsed from shapes-world prompts).")
 @click.option("--grid", is_flag=True, help="Also write OUT/grid.png, a contact sheet of every image.")
 @click.option("--routing", is_flag=True,
-              help="Sample with MaskFocus's entropy-based dynamic routing (as in training rollouts).")
+              help="Sample with MaskFocus's entropy-based dynamic routing (as in training rollouts); "
+                   + ROUTING_HELP + ".")
 def sample(prompt_args, prompts_file, model_spec, checkpoint, device, dtype, steps, cfg, schedule,
            temperature, gumbel, n, seed, batch_size, out, layout, grid, routing) -> None:
     """Generate images for PROMPTs and print one JSON line per image.
@@ -95,6 +97,7 @@ def sample(prompt_args, prompts_file, model_spec, checkpoint, device, dtype, ste
         from maskfocus_cli.bench.layout import write_geneval_metadata
         for i, (p, m) in enumerate(zip(prompts, metas)):
             write_geneval_metadata(out_dir, i, m if m is not None else geneval_metadata(p))
+    check_seed_room(seed, len(prompts) * n)
     jobs = make_jobs(prompts, n, seed, metas)
     sheet = []
     with progress() as bar:
@@ -104,9 +107,12 @@ def sample(prompt_args, prompts_file, model_spec, checkpoint, device, dtype, ste
                 path = image_path(out_dir, layout, job.prompt_index, job.image_index)
                 save_png(batch.images[k], path)
                 row = {"path": str(path), "prompt": job.prompt, "seed": job.seed, "steps": steps, "cfg": cfg,
+                       "schedule": schedule, "temperature": temperature, "gumbel": gumbel,
                        "model": model_spec, "dtype": dtype}
                 if checkpoint:
                     row["checkpoint"] = str(checkpoint)
+                if router is not None:  # what regenerates a routed image: its batch's composition
+                    row.update(routing=True, batch_size=batch_size)
                 if batch.explore_fraction is not None:
                     row["explore_fraction"] = round(float(batch.explore_fraction[k]), 4)
                 emit(row)

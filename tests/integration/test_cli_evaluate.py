@@ -219,6 +219,10 @@ def test_routing_samples_as_rollouts_do_and_is_its_own_run(shapes_run, tiny_shap
     # routed images are never mixed into a standard run's results
     assert_user_error(invoke(*args, "--routing", "--out", str(plain_out)), "different run", "--fresh")
     assert_user_error(invoke("--bench", "shapes", "--images", str(plain_out), "--routing"), "--routing")
+    # routed images depend on their batch's median entropy: another --batch-size is another run
+    assert summary["batch_size"] == 64
+    assert_user_error(invoke(*args, "--routing", "--batch-size", "4", "--out", str(tmp_path / "R")),
+                      "different run", "--fresh")
 
 
 def test_fewer_prompts_into_an_earlier_run_are_refused_and_fresh_replaces_it(tiny_shapes, tmp_path):

@@ -134,6 +134,17 @@ def test_non_utf8_prompt_file_is_named(tiny_shapes, tmp_path):
 def test_unknown_word_is_a_user_error(tiny_shapes, tmp_path):
     res = run(["profile-steps", "a photo of a red dragon", "--model", tiny_shapes, "--out", str(tmp_path / "o")])
     assert res.exit_code == 2 and "dragon" in res.stderr
+    assert not (tmp_path / "o").exists()  # a failed run leaves no empty --out
+
+
+def test_summary_records_what_regenerates_the_images(tiny_shapes, tmp_path):
+    res = run(["profile-steps", "a photo of a circle", "--model", tiny_shapes, "--steps", "4", "--n", "2",
+               "--temperature", "0.5", "--gumbel", "1.0", "--routing", "--batch-size", "2",
+               "--out", str(tmp_path / "o")])
+    assert res.exit_code == 0, res.output
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert (summary["temperature"], summary["gumbel"], summary["routing"], summary["batch_size"]) == \
+        (0.5, 1.0, True, 2)
 
 
 # --------------------------------------------------------------------------- engine maths

@@ -29,6 +29,8 @@ def test_sample_writes_images_and_json(tmp_path, tiny_shapes_dir):
     assert [r["seed"] for r in rows] == [0, 1, 2, 3]
     for r in rows:
         assert r["prompt"] == PROMPT and r["steps"] == 4 and r["dtype"] == "fp32"
+        # everything that regenerates the image (sampler settings at their defaults here)
+        assert (r["schedule"], r["temperature"], r["gumbel"]) == ("cosine", 1.0, 2.0) and "routing" not in r
         with Image.open(r["path"]) as im:
             assert im.size == (64, 64)
     assert (tmp_path / "out" / "grid.png").is_file()
@@ -75,6 +77,8 @@ def test_geneval_layout_and_routing(tmp_path, tiny_shapes_dir):
     assert (tmp_path / "g" / "00000" / "samples" / "0001.png").is_file()
     assert json.loads((tmp_path / "g" / "00000" / "metadata.jsonl").read_text())["tag"] == "counting"
     assert all(0.0 <= r["explore_fraction"] <= 1.0 for r in lines(res))
+    # a routed image depends on its batch (the median entropy): the row says which batch size made it
+    assert all(r["routing"] is True and r["batch_size"] == 64 for r in lines(res))
 
 
 def test_geneval_layout_of_shapes_prompts_writes_metadata_evaluate_can_score(tmp_path, tiny_shapes_dir):
@@ -134,6 +138,9 @@ def test_bad_input(tmp_path, tiny_shapes_dir, monkeypatch):
         (["sample", PROMPT, "--model", model, "--seed", 99999999999999999999, "--out", out], None,
          f"--seed must be an integer from 0 to {2**63 - 1} (got 99999999999999999999)"),
         (["sample", PROMPT, "--model", model, "--seed", -1, "--out", out], None, "--seed must be an integer"),
+        # image 1's seed would be 2**63, which --seed refuses: no printed seed may be unusable
+        (["sample", PROMPT, "--model", model, "--seed", 2**63 - 1, "--n", 2, "--out", out], None,
+         f"--seed {2**63 - 1} leaves no room for 2 images"),
         (["sample", PROMPT, "--model", model, "--steps", 2000, "--out", out], None, "use at most 64 steps"),
         (["sample", PROMPT, "--model", model, "--out", out / "a" / "b", "--checkpoint", tmp_path / "nope"], None,
          "checkpoint not found"),
