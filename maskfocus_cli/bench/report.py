@@ -178,6 +178,20 @@ def markdown_table(summary: dict, command: str | None = None, other: dict | None
     return "\n".join(lines) + "\n"
 
 
+#: what must match for a Δ row to compare models rather than samples (the model itself may differ)
+SAME_SAMPLES = ("images", "prompts", "images_per_row", "seed", "sampler", "routing")
+
+
+def sample_differences(current: dict, other: dict) -> list[str]:
+    """'key: this vs other' for the facts of the two runs' samples that differ (empty: comparable). Facts
+    only one run knows (a run scoring existing images has no sampler or seed) are not held against it."""
+    a, b = dict(current), dict(other)
+    if a.get("sampler") is not None and b.get("sampler") is not None:  # both generated: no key = not routed
+        a["routing"], b["routing"] = bool(a.get("routing")), bool(b.get("routing"))
+    return [f"{k} {a.get(k)!r} vs {b.get(k)!r}" for k in SAME_SAMPLES
+            if a.get(k) != b.get(k) and (k in ("images", "prompts") or None not in (a.get(k), b.get(k)))]
+
+
 def deltas(current: dict, other: dict) -> dict[str, float | None]:
     """Per column: current − other (None where either run did not score it)."""
     values_b = {k: v for k, _, v in metric_columns(other)}

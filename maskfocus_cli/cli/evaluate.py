@@ -215,6 +215,10 @@ def evaluate(ctx, bench, images_dir, prompt_file, categories, model_spec, checkp
     labels = (_short(out_dir), _short(Path(compare))) if other is not None else None  # terminal and markdown
     if other is not None:
         stderr.print(report.compare_table(summary, other, labels))
+        if differ := report.sample_differences(summary, other):
+            from rich.markup import escape
+            stderr.print(f"[yellow]note: the runs' samples differ ({escape('; '.join(differ))}): the Δ row mixes "
+                         "the model's change with the samples'", highlight=False)
     if markdown:
         import shlex
         import sys

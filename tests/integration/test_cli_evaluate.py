@@ -166,6 +166,7 @@ def test_score_only_reproduces_the_summary_and_compare_prints_deltas(shapes_run,
     original = {(r["prompt_index"], r["image_index"]): r["correct"] for r in read_results(out / "results.jsonl")}
     assert rescored == original
     assert "Δ" in again.stderr and "+0.00" in again.stderr
+    assert "samples differ" not in again.stderr  # the same images, re-scored: comparable
     # the markdown names the two runs as the terminal table does: this run's folder, then --compare's
     compare = again.stderr.split("vs earlier run")[1]
     terminal = [ln.split("│")[1].strip() for ln in compare.splitlines() if ln.count("│") > 2]
@@ -468,3 +469,12 @@ def test_a_prompt_the_model_cannot_read_fails_before_out_is_written(tiny_shapes,
     meta.write_text(json.dumps(good) + "\n")
     res = invoke(*args, "--prompts", str(meta))
     assert res.exit_code == 0, res.output
+
+
+def test_compare_notes_when_the_two_runs_sampled_different_images(shapes_run, tiny_shapes, tmp_path):
+    out, _ = shapes_run
+    res = invoke("--bench", "shapes", "--model", f"shapes:{tiny_shapes}", "--steps", "4", "--num-prompts", "4",
+                 "--n", "2", "--out", str(tmp_path / "R"), "--compare", str(out / "summary.json"))
+    assert res.exit_code == 0, res.output
+    note = [ln for ln in res.stderr.splitlines() if "samples differ" in ln]
+    assert note and "images 8 vs 12" in note[0] and "prompts" in note[0]

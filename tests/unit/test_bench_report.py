@@ -8,7 +8,7 @@ import pytest
 from rich.console import Console
 
 from maskfocus_cli.bench.report import (compare_table, deltas, metric_columns, pass_line, read_summary,
-                                        summary_table, write_summary)
+                                        sample_differences, summary_table, write_summary)
 
 
 def geneval_summary(overall: float, **tags: float) -> dict:
@@ -127,3 +127,13 @@ def test_pass_line_names_n_and_every_tag_and_is_absent_for_one_image_per_prompt(
     s["images_per_row"] = 1
     assert pass_line(s) is None
     assert pass_line({"bench": "t2i-compbench", "color": 0.5}) is None
+
+
+def test_sample_differences_name_what_the_delta_row_would_mix_in():
+    sampler = {"steps": 16, "guidance_scale": 3.0}
+    base = {"bench": "shapes", "images": 768, "prompts": 66, "images_per_row": 4, "seed": 0, "sampler": sampler}
+    assert sample_differences({**base, "checkpoint": "step-500"}, base) == []  # another model, same samples
+    assert sample_differences({**base, "seed": 1, "routing": True}, base) == ["seed 1 vs 0", "routing True vs False"]
+    scored = {"bench": "shapes", "images": 768, "prompts": 66, "images_per_row": 4}  # --images: no sampler, seed
+    assert sample_differences(scored, base) == []
+    assert sample_differences({**scored, "images": 24}, base) == ["images 24 vs 768"]
