@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from maskfocus_cli.cli.common import emit, ensure_writable_dir, stderr
+from maskfocus_cli.cli.common import emit, ensure_writable_dir, remove_if_left_empty, stderr
 
 
 @click.command("export")
@@ -26,6 +26,7 @@ def export(checkpoint, to, fmt, dtype, model) -> None:
     The folder's README.md records base model, algorithm, recipe and final metrics.
     """
     from maskfocus_cli.io.export import export_checkpoint
+    remove_if_left_empty(to)  # a failed export leaves no empty --to behind
     ensure_writable_dir(to, "--to")
     facts = export_checkpoint(checkpoint, to, dtype, model)
     stderr.print(f"[green]exported[/] {checkpoint} → {to}")

@@ -394,16 +394,16 @@ class Trainer:
         """
         if self._started:
             return
-        if self.acc.is_main_process:
+        ckpt = find_resume(self.run_dir, resume)
+        if resume == "latest" and ckpt is None:  # a mistyped folder must not start a fresh multi-hour run
+            raise CheckpointError(f"--resume latest: no checkpoint in {self.run_dir / 'checkpoints'} (check --out / "
+                                  "output.dir, or drop --resume to start a new run there)")
+        if self.acc.is_main_process:  # after the resume checks: a refused --resume creates no folder
             try:
                 self.run_dir.mkdir(parents=True, exist_ok=True)
             except OSError as e:
                 raise ValueError(f"cannot write to the run folder {self.run_dir}: {e.strerror or e} (choose a "
                                  "writable folder with --out or output.dir)") from None
-        ckpt = find_resume(self.run_dir, resume)
-        if resume == "latest" and ckpt is None:  # a mistyped folder must not start a fresh multi-hour run
-            raise CheckpointError(f"--resume latest: no checkpoint in {self.run_dir / 'checkpoints'} (check --out / "
-                                  "output.dir, or drop --resume to start a new run there)")
         if ckpt is not None and holds_run(self.run_dir) and not _inside(ckpt, self.run_dir):
             raise CheckpointError(f"--resume {ckpt}: {self.run_dir} already holds another run, and continuing "
                                   "there would mix the two runs' checkpoints and metrics; choose a new --out "

@@ -19,6 +19,8 @@ def export_checkpoint(checkpoint: str | Path, to: str | Path, dtype: str = "fp32
     ``model`` points at the base model when it has moved since training (same family)."""
     from maskfocus_cli.models.loading import load_model, parse_spec
     ckpt = Path(checkpoint)
+    if not ckpt.exists():
+        raise CheckpointError(f"{checkpoint}: no such checkpoint folder (pass runs/NAME/checkpoints/step-N)")
     if not (ckpt / "trainer.json").is_file():
         raise CheckpointError(f"{checkpoint} is not a training checkpoint (no trainer.json); expected a folder "
                               "like runs/NAME/checkpoints/step-N")
@@ -79,8 +81,15 @@ def model_card(card: dict, family: str) -> str:
     ema = ((card.get("recipe") or {}).get("train") or {}).get("ema_decay")
     if ema:
         lines.append(f"* weights: moving average of the policy (train.ema_decay {ema})")
+    val = m.get("validation", {}).get("reward", {}).get("mean") if isinstance(m.get("validation"), dict) else None
+    if val is not None:
+        lines.append(f"* validation reward at the last iteration: {val:.4f} (standard sampler, fixed eval prompts)")
     if reward is not None:
-        lines.append(f"* reward at the last iteration: {reward:.4f}")
+        train = (card.get("recipe") or {}).get("train") or {}
+        size = (train.get("prompts_per_iter") or 0) * (train.get("group_size") or 0)
+        batch = f"{size} images" if size else "one batch"
+        lines.append(f"* rollout reward at the last iteration: {reward:.4f} ({batch} of one iteration, routed "
+                     "rollouts included: not a benchmark score; `maskfocus evaluate` gives that)")
     flat = flat_metrics(m)
     if flat:
         last = m.get("iteration")  # metrics.jsonl numbers iterations from 0: N completed end at N - 1

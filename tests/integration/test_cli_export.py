@@ -29,6 +29,9 @@ data: {{num_eval_prompts: 0}}
     assert "maskfocus" in card and "base model" in card
     # one iteration ran: the card counts it as 1 and names its metrics row, numbered from 0
     assert "* iterations completed: 1" in card and "metrics.jsonl row `iteration: 0`" in card
+    # the headline reward says what it is: one iteration's 4 rollouts, not a benchmark score
+    assert "* rollout reward at the last iteration: " in card and "(4 images of one iteration" in card
+    assert "validation reward" not in card  # no validation ran
 
     def sample(model, out, *extra):
         r = runner.invoke(main, ["sample", "a photo of a blue cross", "--n", 2, "--steps", 4, "--model", model,
@@ -44,6 +47,9 @@ data: {{num_eval_prompts: 0}}
 
     res = runner.invoke(main, ["export", str(tmp_path / "run"), "--to", str(tmp_path / "x")])
     assert res.exit_code == 2 and "trainer.json" in res.output
+    res = runner.invoke(main, ["export", str(tmp_path / "nope"), "--to", str(tmp_path / "x")])
+    assert res.exit_code == 2 and "no such checkpoint folder" in res.output
+    assert not (tmp_path / "x").exists()  # a failed export leaves no empty --to
     res = runner.invoke(main, ["export", str(ckpt), "--to", str(tmp_path / "model")])
     assert res.exit_code == 2 and "not empty" in res.output
 
@@ -80,3 +86,16 @@ def test_unwritable_to_and_moved_base_model_are_one_line_errors(tmp_path, tiny_s
     assert len(err.splitlines()) == 1
     assert f"base model amused:{gone} (model.spec in its recipe) is missing" in err
     assert "name where it is now with --model amused:DIR" in err
+
+
+def test_model_card_leads_with_the_validation_reward_when_the_run_measured_one():
+    from maskfocus_cli.io.export import model_card
+    card = {"base_model": "shapes", "algorithm": "maskfocus", "iteration": 50, "dtype": "fp32",
+            "source_checkpoint": "run/checkpoints/step-50",
+            "recipe": {"train": {"prompts_per_iter": 8, "group_size": 8}},
+            "final_metrics": {"iteration": 49, "reward": {"mean": 0.25, "std": 0.4},
+                              "validation": {"reward": {"mean": 0.75, "std": 0.3}}}}
+    text = model_card(card, "shapes")
+    val = text.index("* validation reward at the last iteration: 0.7500")
+    roll = text.index("* rollout reward at the last iteration: 0.2500 (64 images of one iteration")
+    assert val < roll

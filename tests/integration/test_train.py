@@ -408,7 +408,7 @@ def test_a_run_folder_is_never_overwritten_or_resumed_with_another_recipe(tmp_pa
     q = recipe_file(tmp_path, tiny_shapes_dir, out="new")
     res = CliRunner().invoke(main, ["train", str(q), "--set", "train.iterations=1", "--resume", "latest"])
     assert res.exit_code == 2 and "no checkpoint in" in res.output and "drop --resume" in res.output, res.output
-    assert not (tmp_path / "new" / "metrics.jsonl").exists()
+    assert not (tmp_path / "new").exists()  # not even an empty run folder
     # a checkpoint of another run may start a new folder (a branch), and one of this run's own rewinds it
     res = CliRunner().invoke(main, ["train", str(q), "--set", "train.iterations=2", "--resume",
                                     str(tmp_path / "other" / "checkpoints" / "step-1")])
