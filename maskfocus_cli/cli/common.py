@@ -141,7 +141,8 @@ def read_prompts(args: tuple[str, ...], prompts_file: str | None) -> tuple[list[
         else:
             p = Path(prompts_file)
             if not p.is_file():
-                raise ValueError(f"prompt file not found: {prompts_file} (one prompt per line, or '-' for stdin)")
+                what = "is a folder, not a prompt file" if p.is_dir() else "prompt file not found"
+                raise ValueError(f"--prompts {prompts_file}: {what} (one prompt per line, or '-' for stdin)")
             lines = read_utf8(p, "--prompts").splitlines()
             name = str(p)
         for i, line in enumerate(lines, 1):
@@ -151,10 +152,13 @@ def read_prompts(args: tuple[str, ...], prompts_file: str | None) -> tuple[list[
             if line.startswith("{"):
                 try:
                     row = json.loads(line)
-                    prompts.append(str(row["prompt"]))
-                    metas.append(row)
+                    prompt = str(row["prompt"])
                 except (json.JSONDecodeError, KeyError, TypeError):
                     raise ValueError(f"{name} line {i}: not a JSON object with a 'prompt' field") from None
+                if not prompt.strip():
+                    raise ValueError(f"{name} line {i}: the 'prompt' field is empty")
+                prompts.append(prompt)
+                metas.append(row)
             else:
                 prompts.append(line)
                 metas.append(None)
@@ -204,6 +208,11 @@ def ensure_writable_file(path: str | Path, option: str) -> Path:
 def emit(row: dict) -> None:
     """One JSON line on stdout (the only thing that ever goes to stdout)."""
     click.echo(json.dumps(row, ensure_ascii=False))
+
+
+def plural(n: int, word: str) -> str:
+    """'1 image', '2 images'."""
+    return f"{n} {word}" + ("" if n == 1 else "s")
 
 
 def silence_stdout() -> None:

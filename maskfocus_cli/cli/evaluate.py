@@ -33,7 +33,8 @@ def _bar_callback(bar, label: str):
     state: dict = {}
 
     def update(done: int, total: int) -> None:
-        if "task" not in state:
+        if "task" not in state:  # the bar appears with its first task: an error before it prints one line
+            bar.start()
             state["task"] = bar.add_task(label, total=total)
         bar.update(state["task"], completed=done, total=total)
     return update
@@ -123,7 +124,7 @@ def evaluate(ctx, bench, images_dir, prompt_file, categories, model_spec, checkp
     if images_dir is not None:
         clash = [flag for name, flag in GENERATE_ONLY.items() if _given(ctx, name)]
         if clash:
-            raise ValueError(f"--images scores existing images; {', '.join(clash)} only apply when generating "
+            raise ValueError(f"--images scores existing images; {', '.join(clash)} {'only apply' if len(clash) > 1 else 'only applies'} when generating "
                              f"(drop them or drop --images)")
         if not Path(images_dir).is_dir():  # checked before --out (default: this folder) is created
             problem = "not a folder" if Path(images_dir).exists() else "no such folder"
@@ -186,7 +187,8 @@ def evaluate(ctx, bench, images_dir, prompt_file, categories, model_spec, checkp
                                        router=make_router(routing))
         model_info = {"model": model_spec, "checkpoint": str(checkpoint) if checkpoint else None, "dtype": dtype}
 
-    with progress() as bar:
+    bar = progress()
+    try:
         cb = _bar_callback(bar, "generating + scoring" if generating else "scoring")
         if not generating and bench == "t2i-compbench":
             _, summary = runner.score_t2i_dir(images_dir, scorers, out=out_dir, scorer_info=scorer_info,
@@ -202,6 +204,9 @@ def evaluate(ctx, bench, images_dir, prompt_file, categories, model_spec, checkp
             _, summary = runner.run_geneval_like(out_dir, metadata, detector, generation, bench=bench,
                                                  thresholds=thr, scorer_info=scorer_info, model_info=model_info,
                                                  fresh=fresh, on_progress=cb)
+    finally:
+        if bar.live.is_started:  # stopping a bar that never started would print an empty line
+            bar.stop()
 
     stderr.print(report.summary_table(summary))
     if (line := report.pass_line(summary)) is not None:

@@ -12,8 +12,8 @@ from pathlib import Path
 import click
 
 from maskfocus_cli.cli.common import (MAX_SEED, ROUTING_HELP, CheckedInt, check_seed_room, emit, ensure_writable_dir,
-                                      model_options, progress, read_prompts, remove_if_left_empty, sampler_options,
-                                      settings_from, stderr)
+                                      model_options, plural, progress, read_prompts, remove_if_left_empty,
+                                      sampler_options, settings_from, stderr)
 
 
 def profile_table(result, title: str = ""):
@@ -113,9 +113,9 @@ def profile_steps(prompt_args, prompts_file, model_spec, checkpoint, device, dty
                              temperature=temperature, gumbel=gumbel, routing=routing)
     atomic_write_json(out_dir / "summary.json", summary)
     write_profile_plot(result, out_dir / "profile.png",
-                       title=f"{model_spec}: T={steps}, {len(prompts)} prompts × {n} images, embed={embed}"
+                       title=f"{model_spec}: T={steps}, {plural(len(prompts), 'prompt')} × {plural(n, 'image')}, embed={embed}"
                              + (", dynamic routing" if routing else ""))
-    stderr.print(profile_table(result, title=f"step profile ({len(prompts)} prompts × {n} images, "
+    stderr.print(profile_table(result, title=f"step profile ({plural(len(prompts), 'prompt')} × {plural(n, 'image')}, "
                                              f"embed={embed}{', routing' if routing else ''})"))
     conc = summary["gain_concentration"]
     last = candidate_steps(steps, top_k) - 1  # 0..T-3, or every step when top-k leaves no other choice

@@ -6,7 +6,7 @@ import signal
 
 import click
 
-from maskfocus_cli.cli.common import emit, silence_stdout, stderr
+from maskfocus_cli.cli.common import emit, plural, silence_stdout, stderr
 
 
 class TrainCommand(click.Command):
@@ -140,10 +140,6 @@ def train(recipe, overrides, resume, out, explain) -> None:
     # gloo group can abort in its destructor ("terminate called without an active exception")
     trainer.acc.wait_for_everyone()
     trainer.acc.end_training()
-
-
-def plural(n: int, word: str) -> str:
-    return f"{n} {word}" + ("" if n == 1 else "s")
 
 
 def steps_text(steps: list[int]) -> str:

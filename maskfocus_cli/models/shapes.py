@@ -227,12 +227,13 @@ class ShapesAdapter(MaskedT2IAdapter):
         for i, p in enumerate(prompts):
             words = p.lower().replace(",", " ").replace(".", " ").split()
             bad = [w for w in words if w not in self._word_ids]
+            shown = p if len(p) <= 80 else p[:77] + "..."  # an error line, not the whole prompt again
             if bad:
                 sample = ", ".join(sorted(self._word_ids)[:12])
-                raise ValueError(f"the shapes model does not know the word {bad[0]!r} in prompt {p!r} "
+                raise ValueError(f"the shapes model does not know the word {bad[0]!r} in prompt {shown!r} "
                                  f"(it knows words such as: {sample}, ...)")
             if len(words) > self.cfg.text_len:
-                raise ValueError(f"prompt {p!r} has {len(words)} words; the shapes model takes at most "
+                raise ValueError(f"prompt {shown!r} has {len(words)} words; the shapes model takes at most "
                                  f"{self.cfg.text_len}")
             if words:
                 ids[i, :len(words)] = torch.tensor([self._word_ids[w] for w in words])

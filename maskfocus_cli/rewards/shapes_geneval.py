@@ -82,7 +82,12 @@ class ShapesGenEvalReward:
         metadata = [None] * len(prompts) if metadata is None else metadata
         if len(metadata) != len(prompts):
             raise ValueError(f"{len(prompts)} prompts but {len(metadata)} metadata entries")
-        return [m if m is not None else parse_prompt(p) for p, m in zip(prompts, metadata)]
+        try:
+            return [m if m is not None else parse_prompt(p) for p, m in zip(prompts, metadata)]
+        except ValueError as e:  # say which part needs the wording: sampling takes any known words
+            raise ValueError(f"the shapes-geneval reward scores a prompt by its GenEval clauses: {e} (write "
+                             "prompts as the shapes world's GenEval templates, or give .jsonl rows with "
+                             "include/exclude clauses)") from None
 
     def _partial_score(self, detections, meta: dict) -> float:
         from maskfocus_cli.bench.geneval import evaluate_image, kept_detections

@@ -198,7 +198,9 @@ def test_rerun_resumes_and_scores_only_missing_images(tiny_shapes, tmp_path):
     third = stdout_json(invoke(*args))
     assert third["newly_scored"] == 0 and third["images_per_second_scored"] is None
     # a different generator must not be mixed into the same results ...
-    assert_user_error(invoke(*args[:-2], "--seed", "5", "--out", str(out)), "different run", "--fresh")
+    refused = invoke(*args[:-2], "--seed", "5", "--out", str(out))
+    assert_user_error(refused, "different run", "--fresh")
+    assert len(refused.stderr.splitlines()) == 1  # no empty line from a progress bar that never started
     # ... unless asked to start over
     fresh = invoke(*args[:-2], "--seed", "5", "--out", str(out), "--fresh")
     assert fresh.exit_code == 0, fresh.output

@@ -121,6 +121,10 @@ def test_bad_input(tmp_path, tiny_shapes_dir, monkeypatch):
         (["sample", PROMPT, "--model", model, "--out", blocker / "sub"], None, "cannot write"),
         (["sample", PROMPT, "--model", "dalle"], None, "unknown model spec"),
         (["sample", "--prompts", tmp_path / "missing.txt", "--model", model], None, "not found"),
+        (["sample", "--prompts", tmp_path, "--model", model], None, "is a folder, not a prompt file"),
+        (["sample", "--prompts", "-", "--model", model], '{"prompt": "  "}\n', "stdin line 1: the 'prompt' field is empty"),
+        # the error line quotes a long prompt shortened, not all of it again
+        (["sample", "a photo of a " + "red " * 40 + "circle", "--model", model], None, "red red ...' has 45 words"),
         (["sample", PROMPT, "--model", model, "--device", "bogus", "--out", out], None,
          "device 'bogus': use auto | cpu | cuda | cuda:N"),
         (["sample", PROMPT, "--model", f"shapes:{bad_tokenizer}", "--out", out], None,

@@ -114,3 +114,9 @@ def test_composite_and_errors(binary):
         make_reward("shapes-geneval", thresholds={"scroe": 0.5})
     with pytest.raises(ValueError, match="tag"):
         binary(render_batch([scene()]), ["x"], [{"include": []}])
+
+
+def test_a_prompt_without_the_geneval_wording_names_the_reward_and_the_fix(binary):
+    with pytest.raises(ValueError, match=r"shapes-geneval reward scores a prompt by its GenEval clauses: .*"
+                                         r"'a red circle'.*include/exclude clauses"):
+        score(binary, [scene(("circle", "red", 2, 2))], ["a red circle"])
