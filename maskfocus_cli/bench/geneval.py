@@ -210,8 +210,9 @@ def summarize(results: Iterable[ImageResult]) -> dict:
     {tag: {"correct", "total"}}, "images": n, "image_accuracy": float,
     "prompts": n, "prompt_accuracy": float (a prompt counts if any image is correct),
     "pass_at_n": {tag: share of the tag's metadata rows with at least one correct image, "overall":
-    their unweighted mean}, "images_per_row": n (None if rows hold different numbers of images)}. pass@n over the mean is the headroom RL post-training can close by sharpening:
-    what the model already draws in some of a prompt's samples.
+    their unweighted mean}, "images_per_row": n (None if rows hold different numbers of images)}.
+    pass@n over the mean is the headroom RL post-training can close by sharpening: what the model
+    already draws in some of a prompt's samples.
     """
     results = list(results)
     counts: dict[str, dict[str, int]] = {}

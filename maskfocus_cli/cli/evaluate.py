@@ -124,7 +124,8 @@ def evaluate(ctx, bench, images_dir, prompt_file, categories, model_spec, checkp
     if images_dir is not None:
         clash = [flag for name, flag in GENERATE_ONLY.items() if _given(ctx, name)]
         if clash:
-            raise ValueError(f"--images scores existing images; {', '.join(clash)} {'only apply' if len(clash) > 1 else 'only applies'} when generating "
+            verb = "only apply" if len(clash) > 1 else "only applies"
+            raise ValueError(f"--images scores existing images; {', '.join(clash)} {verb} when generating "
                              f"(drop them or drop --images)")
         if not Path(images_dir).is_dir():  # checked before --out (default: this folder) is created
             problem = "not a folder" if Path(images_dir).exists() else "no such folder"

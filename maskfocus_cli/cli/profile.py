@@ -112,11 +112,11 @@ def profile_steps(prompt_args, prompts_file, model_spec, checkpoint, device, dty
     summary = result.summary(**facts, images_per_prompt=n, seed=seed, cfg=cfg, schedule=schedule,
                              temperature=temperature, gumbel=gumbel, routing=routing)
     atomic_write_json(out_dir / "summary.json", summary)
+    size = f"{plural(len(prompts), 'prompt')} × {plural(n, 'image')}"
     write_profile_plot(result, out_dir / "profile.png",
-                       title=f"{model_spec}: T={steps}, {plural(len(prompts), 'prompt')} × {plural(n, 'image')}, embed={embed}"
+                       title=f"{model_spec}: T={steps}, {size}, embed={embed}"
                              + (", dynamic routing" if routing else ""))
-    stderr.print(profile_table(result, title=f"step profile ({plural(len(prompts), 'prompt')} × {plural(n, 'image')}, "
-                                             f"embed={embed}{', routing' if routing else ''})"))
+    stderr.print(profile_table(result, title=f"step profile ({size}, embed={embed}{', routing' if routing else ''})"))
     conc = summary["gain_concentration"]
     last = candidate_steps(steps, top_k) - 1  # 0..T-3, or every step when top-k leaves no other choice
     stderr.print(f"recommended critical steps (top-{top_k} of the mean gain over steps 0..{last}): "

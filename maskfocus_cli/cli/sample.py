@@ -85,6 +85,7 @@ def sample(prompt_args, prompts_file, model_spec, checkpoint, device, dtype, ste
     if n < 1:
         raise ValueError(f"--n must be at least 1 (got {n})")
     settings = settings_from(steps, cfg, schedule, temperature, gumbel)
+    check_seed_room(seed, len(prompts) * n)
     remove_if_left_empty(out)
     out_dir = ensure_writable_dir(out)
     check_no_earlier_run(out_dir)
@@ -97,7 +98,6 @@ def sample(prompt_args, prompts_file, model_spec, checkpoint, device, dtype, ste
         from maskfocus_cli.bench.layout import write_geneval_metadata
         for i, (p, m) in enumerate(zip(prompts, metas)):
             write_geneval_metadata(out_dir, i, m if m is not None else geneval_metadata(p))
-    check_seed_room(seed, len(prompts) * n)
     jobs = make_jobs(prompts, n, seed, metas)
     sheet = []
     with progress() as bar:

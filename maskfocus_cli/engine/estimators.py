@@ -11,7 +11,7 @@ maths itself stays in ``engine/grpo.py`` (pure functions, tested against hand va
   mask count, all masked tokens scored, k3 KL to a frozen reference (DESIGN §3.4). The
   random / uniform / all-steps ablations are this estimator with another selector.
 * ``MaskGRPOEstimator``: every step (or the first R), the recorded state replayed and the
-  transition log-prob scored, asymmetric clip, no KL (DESIGN §3.5).
+  transition log-prob scored, asymmetric clip, no KL (DESIGN §3.4).
 """
 
 from __future__ import annotations
