@@ -103,7 +103,7 @@ class TrainConfig:
     micro_batch: int = opt(16, "images per forward/backward in the loss (memory knob)", min=1)
     inner_epochs: int = opt(1, "optimiser passes over one rollout batch (>1 makes clipping bite)", min=1)
     lr: float = opt(1e-4, "AdamW learning rate", min=0)
-    betas: tuple = opt((0.9, 0.999), "AdamW betas", length=2)
+    betas: tuple = opt((0.9, 0.999), "AdamW betas", length=2, min=0, max=0.999999)
     weight_decay: float = opt(0.0, "AdamW weight decay", min=0)
     warmup: int = opt(0, "linear warm-up iterations", min=0)
     lr_schedule: str = opt("constant", "after warm-up", choices=("constant", "cosine"))
@@ -242,8 +242,14 @@ def build(cls: type, data: dict, where: str = "") -> Any:
         v = _convert(value, hints[name], key)
         meta = f.metadata
         _check_finite(v, key)
-        if meta.get("length") is not None and isinstance(v, tuple) and len(v) != meta["length"]:
-            raise ConfigError(f"{key}: expected {meta['length']} values, got {len(v)} ({list(v)})")
+        if meta.get("length") is not None and isinstance(v, tuple):  # a fixed-length tuple of numbers
+            if len(v) != meta["length"]:
+                raise ConfigError(f"{key}: expected {meta['length']} values, got {len(v)} ({list(v)})")
+            v = tuple(_convert(x, float, f"{key}[{i}]") for i, x in enumerate(v))
+            _check_finite(v, key)
+            for i, x in enumerate(v):
+                if meta.get("min") is not None and x < meta["min"] or meta.get("max") is not None and x > meta["max"]:
+                    raise ConfigError(f"{key}[{i}]: {x} is outside {meta.get('min')}…{meta.get('max')}")
         if meta.get("choices") and v not in meta["choices"]:
             raise ConfigError(f"{key}: {v!r} is not one of {', '.join(map(str, meta['choices']))}")
         if meta.get("min") is not None and isinstance(v, (int, float)) and v < meta["min"]:
@@ -272,6 +278,20 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """safe_load that refuses a key given twice in one mapping (plain YAML keeps the last one silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ConfigError(f"line {key_node.start_mark.line + 1}: key {key!r} is given twice in one "
+                                  "section (keep one)")
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def read_yaml(path: Path, _seen: tuple = ()) -> dict:
     """Read a recipe with its ``base:`` chain resolved (paths relative to the file)."""
     path = Path(path)
@@ -280,7 +300,9 @@ def read_yaml(path: Path, _seen: tuple = ()) -> dict:
     if path.resolve() in _seen:
         raise ConfigError(f"{path}: 'base:' chain loops back to itself")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_StrictLoader) or {}
+    except ConfigError as e:
+        raise ConfigError(f"{path} {e}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not UTF-8 text (save the recipe as UTF-8)") from None
     except yaml.YAMLError as e:

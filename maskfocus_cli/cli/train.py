@@ -110,9 +110,9 @@ def train(recipe, overrides, resume, out, explain) -> None:
         def on_iteration(row: dict) -> None:
             nonlocal last_validation
             if "validation" in row:
-                last_validation = f"  validation {row['validation']['reward']['mean']:.3f}"
+                last_validation = f"  validation {_fmt(row['validation']['reward']['mean'])}"
             if "reward" in row:
-                info = f"reward {row['reward']['mean']:.3f}{last_validation}  loss {row['loss']:+.4f}  " \
+                info = f"reward {_fmt(row['reward']['mean'])}{last_validation}  loss {row['loss']:+.4f}  " \
                        f"steps {steps_text(row['steps'])}"
             else:
                 info = f"loss {row['loss']:.4f}  acc {row['token_accuracy']:.3f}  " \
@@ -140,6 +140,10 @@ def train(recipe, overrides, resume, out, explain) -> None:
     # gloo group can abort in its destructor ("terminate called without an active exception")
     trainer.acc.wait_for_everyone()
     trainer.acc.end_training()
+
+
+def _fmt(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.3f}"  # None: no valid reward that iteration
 
 
 def steps_text(steps: list[int]) -> str:

@@ -131,6 +131,9 @@ class Trainer:
         if accelerator is None:
             from maskfocus_cli.models.loading import resolve_device
             device = resolve_device(recipe.model.device)  # a bad value or a missing GPU: a clear error
+            if device.type == "cpu" and self.cfg.mixed_precision == "fp16":  # accelerate would run fp32 silently
+                raise ValueError("train.mixed_precision: fp16 needs a GPU (on CPU autocast is bf16 only): use bf16 "
+                                 "or no")
             accelerator = Accelerator(mixed_precision=self.cfg.mixed_precision, cpu=device.type == "cpu")
         self.acc = accelerator
         self.run_dir = Path(recipe.output.dir)
@@ -595,7 +598,9 @@ class Trainer:
         comp_names = sorted(out.components)
         row = {
             "reward": _mean_std(rewards[valid]),
-            "components": {k: _mean_std(full[:, 2 + j][valid]) for j, k in enumerate(comp_names)},
+            # a component counts where it is finite (a weight-0 "log only" one may be NaN where the total is not)
+            "components": {k: _mean_std(c[valid & torch.isfinite(c)])
+                           for k, c in ((k, full[:, 2 + j]) for j, k in enumerate(comp_names))},
             "reward_by_tag": reward_by_tag(rewards, valid, [chosen[i // G][1] for i in range(total)]),
             "loss": stats["loss"], "kl": stats["kl"],
             "clip_fraction": stats["clipped"] / stats["elements"] if stats["elements"] else 0.0,
@@ -794,8 +799,8 @@ def reward_by_tag(rewards: torch.Tensor, valid: torch.Tensor, metas: list[dict |
 
 
 def _mean_std(x: torch.Tensor) -> dict:
-    if x.numel() == 0:
-        return {"mean": float("nan"), "std": float("nan")}
+    if x.numel() == 0:  # nothing valid: null in JSON (a bare NaN is not JSON, and strict parsers refuse it)
+        return {"mean": None, "std": None}
     return {"mean": float(x.float().mean()), "std": float(x.float().std(unbiased=False))}
 
 

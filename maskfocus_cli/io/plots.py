@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 from pathlib import Path
 
 from maskfocus_cli.io.checkpoint import atomic_write_bytes
@@ -16,14 +17,18 @@ def _figure_bytes(fig) -> bytes:
     return buf.getvalue()
 
 
-def moving_average(values: list[float], window: int) -> list[float]:
-    """Trailing mean over up to ``window`` values (one batch's reward is noisy)."""
-    out, total = [], 0.0
-    for i, v in enumerate(values):
-        total += v
-        if i >= window:
-            total -= values[i - window]
-        out.append(total / min(i + 1, window))
+def _num(v: float | None) -> float:
+    """A metrics value for plotting: null (no valid reward that iteration) is a gap."""
+    return float("nan") if v is None else float(v)
+
+
+def moving_average(values: list[float | None], window: int) -> list[float]:
+    """Trailing mean over the finite values among the last ``window`` (one batch's reward is noisy; an
+    iteration whose rewards were all invalid is a gap, not a NaN that blanks the curve from there on)."""
+    out = []
+    for i in range(len(values)):
+        recent = [v for v in values[max(0, i - window + 1):i + 1] if v is not None and math.isfinite(v)]
+        out.append(sum(recent) / len(recent) if recent else float("nan"))
     return out
 
 
@@ -46,14 +51,15 @@ def reward_curve(history: list[dict], path: str | Path, title: str = "") -> None
     its = [r["iteration"] for r in history]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     if history and "reward" in history[0]:
-        mean = [r["reward"]["mean"] for r in history]
+        mean = [_num(r["reward"]["mean"]) for r in history]
         axes[0].plot(its, mean, color="tab:blue", alpha=0.3, lw=1, label="batch mean")
         w = max(1, min(20, len(mean) // 10))
         smooth = moving_average(mean, w)
         axes[0].plot(its, smooth, color="tab:blue", lw=2, label=f"moving average ({w})")
         for tag, (x, y) in tag_series(history).items():  # which skills move (GenEval-tagged prompts)
-            axes[0].plot(x, moving_average(y, max(w, 10)), lw=1, ls="--", label=f"rollout: {tag}")
-        val = [(r["iteration"], r["validation"]["reward"]["mean"]) for r in history if "validation" in r]
+            axes[0].plot(x, moving_average(y, max(w, 10)), lw=1, ls="--",
+                         label=f"rollout: {tag} (moving average {max(w, 10)})")
+        val = [(r["iteration"], _num(r["validation"]["reward"]["mean"])) for r in history if "validation" in r]
         if val:  # the standard sampler on fixed eval prompts: what `evaluate` would see
             axes[0].plot(*zip(*val), color="black", marker="o", ms=3, lw=1.5, label="validation (no routing)")
         axes[0].legend(loc="lower right", fontsize=7, ncol=2)
@@ -82,7 +88,7 @@ def compare_reward_curves(runs: dict[str, list[dict]], path: str | Path, title: 
             continue
         at = minutes_at_iteration(rows)
         minutes = [at[r["iteration"] + 1] for r in rows]
-        mean = [r["reward"]["mean"] for r in rows]
+        mean = [_num(r["reward"]["mean"]) for r in rows]
         smooth = moving_average(mean, max(1, min(20, len(mean) // 10)))
         line, = axes[0].plot(minutes, smooth, lw=2, label=f"{label} ({len(rows)} it.)")
         axes[1].plot(minutes, [r.get("kl", float("nan")) for r in rows], lw=1, color=line.get_color())

@@ -172,6 +172,37 @@ def test_nan_rewards_are_skipped_and_counted(tmp_path, tiny_shapes_dir, monkeypa
     assert any(not torch.equal(v, before[k]) for k, v in trainer.policy.named_parameters())
 
 
+def test_a_log_only_component_with_nan_and_an_all_invalid_batch_log_strict_json(tmp_path, tiny_shapes_dir):
+    import maskfocus_cli.rewards.registry as registry
+
+    def half_nan():
+        def reward(images, prompts, metadata):
+            r = images.mean(dim=(1, 2, 3))
+            r[::2] = float("nan")
+            return r
+        return reward
+
+    def all_nan():
+        return lambda images, prompts, metadata: torch.full((images.shape[0],), float("nan"))
+
+    registry.register("half-nan", overwrite=True)(half_nan)
+    registry.register("all-nan", overwrite=True)(all_nan)
+    p = recipe_file(tmp_path, tiny_shapes_dir, out="nan")
+    rows = Trainer(load_recipe(p, ["train.iterations=1", "rewards=[{name: brightness}, {name: half-nan, weight: 0}]"])
+                   ).run()
+    # the weight-0 component is logged over its finite values, not NaN because half of it is
+    assert math.isfinite(rows[0]["components"]["half-nan"]["mean"]) and math.isfinite(rows[0]["reward"]["mean"])
+    with pytest.warns(UserWarning):
+        rows = Trainer(load_recipe(p, ["train.iterations=1", "rewards=[{name: all-nan}]",
+                                       "output.dir=" + str(tmp_path / "nan2")])).run()
+    assert rows[0]["reward"] == {"mean": None, "std": None}
+
+    def no_bare_nan(name):
+        raise AssertionError(f"metrics.jsonl holds a bare {name}, which is not JSON")
+    for line in (tmp_path / "nan2" / "metrics.jsonl").read_text().splitlines():
+        json.loads(line, parse_constant=no_bare_nan)
+
+
 def test_train_cli_end_to_end(tmp_path, tiny_shapes_dir):
     p = recipe_file(tmp_path, tiny_shapes_dir, out="cli")
     res = CliRunner().invoke(main, ["train", str(p), "--set", "train.iterations=2"])
@@ -504,3 +535,9 @@ def test_a_closed_stdout_does_not_stop_training(tmp_path, tiny_shapes_dir):
     assert "stdout was closed" in err and "Traceback" not in err
     assert (tmp_path / "pipe" / "checkpoints" / "step-4").is_dir()
     assert len((tmp_path / "pipe" / "metrics.jsonl").read_text().splitlines()) == 4
+
+
+def test_fp16_autocast_on_cpu_is_refused_not_silently_fp32(tmp_path, tiny_shapes_dir):
+    p = recipe_file(tmp_path, tiny_shapes_dir, out="fp16")
+    with pytest.raises(ValueError, match="fp16 needs a GPU"):
+        Trainer(load_recipe(p, ["train.mixed_precision=fp16"]))

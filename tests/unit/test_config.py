@@ -88,3 +88,18 @@ def test_every_field_of_every_shipped_recipe_is_commented():
             for i, line in enumerate(p.read_text().splitlines(), 1)
             if re.match(r"^\s*(- )?[a-z_]+:\s*[^\s#]", line) and "#" not in line]
     assert not bare, "recipe fields without a comment:\n" + "\n".join(bare)
+
+
+def test_a_key_given_twice_is_refused_with_its_line(tmp_path):
+    p = write(tmp_path, "dup.yaml", "train:\n  lr: 1e-5\n  lr: 2e-5\n")
+    with pytest.raises(ConfigError, match=r"dup\.yaml line 3: key 'lr' is given twice"):
+        load_recipe(p)
+
+
+@pytest.mark.parametrize("betas, message", [("[0.9, foo]", r"train\.betas\[1\]: expected a number"),
+                                            ("[1.5, 0.9]", r"train\.betas\[0\]: 1\.5 is outside 0"),
+                                            ("[0.9, .nan]", r"train\.betas.*not a finite number")])
+def test_betas_are_two_numbers_in_range(tmp_path, betas, message):
+    with pytest.raises(ConfigError, match=message):
+        load_recipe(write(tmp_path, "b.yaml", "train:\n  lr: 1e-5\n"), [f"train.betas={betas}"])
+    assert load_recipe(write(tmp_path, "ok.yaml", "train:\n  betas: [0.9, 0.95]\n")).train.betas == (0.9, 0.95)

@@ -11,6 +11,10 @@ def test_moving_average_by_hand():
     assert moving_average([3.0, 0.0, 3.0], 5) == pytest.approx([3.0, 1.5, 2.0])
     assert moving_average([2.0, 4.0], 1) == [2.0, 4.0]
     assert moving_average([], 3) == []
+    # an iteration with no valid reward (null, or NaN) is a gap, not a NaN that blanks the curve from there on
+    assert moving_average([0.5, None, 0.25, float("nan"), 1.0], 3) == pytest.approx([0.5, 0.5, 0.375, 0.25, 0.625])
+    out = moving_average([None, 2.0], 1)
+    assert out[0] != out[0] and out[1] == 2.0
 
 
 def _history(n, slope):
@@ -28,6 +32,7 @@ def test_figures_are_png(tmp_path):
     compare_reward_curves({"maskfocus": _history(30, 0.01), "mask-grpo": _history(20, 0.0)}, tmp_path / "c.png")
     tagged = [dict(r, reward_by_tag={"counting": 0.1 * (i % 3)}) for i, r in enumerate(_history(10, 0.02))]
     tagged[4]["validation"] = {"reward": {"mean": 0.5, "std": 0.1}, "by_tag": {}}
+    tagged[5]["reward"] = {"mean": None, "std": None}  # every reward of that iteration was invalid
     reward_curve(tagged, tmp_path / "r.png")
     summary = {"overall": 0.5, "counting": 0.25, "position": 0.5}
     heldout_curves({"maskfocus": [(3.0, summary), (1.0, dict(summary, overall=0.45))]}, tmp_path / "h.png",
