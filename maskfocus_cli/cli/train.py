@@ -83,8 +83,19 @@ def train(recipe, overrides, resume, out, explain) -> None:
 
     trainer = Trainer(cfg, log=lambda m: stderr.print(f"[yellow]{m}"))
     trainer.start(resume)  # folder / resume problems: a one-line error before any progress output
-    # SIGTERM (Slurm pre-emption, `kill`): finish the iteration, checkpoint, exit 143 — resumable
-    previous = signal.signal(signal.SIGTERM, lambda *_: setattr(trainer, "stop_requested", True))
+    # SIGTERM (Slurm pre-emption, `kill`) and a first Ctrl-C: finish the iteration, checkpoint, exit 143 / 130
+    # — resumable; a second Ctrl-C aborts at once
+    stopped_by: list[int] = []
+
+    def on_signal(signum, _frame) -> None:
+        if signum == signal.SIGINT and trainer.stop_requested:
+            raise KeyboardInterrupt
+        if signum == signal.SIGINT:
+            stderr.print("[yellow]Ctrl-C: stopping after this iteration with a checkpoint (Ctrl-C again aborts now)")
+        stopped_by.append(signum)
+        trainer.stop_requested = True
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     main = trainer.acc.is_main_process
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
@@ -124,13 +135,16 @@ def train(recipe, overrides, resume, out, explain) -> None:
         try:
             history = trainer.run(resume=resume, on_iteration=on_iteration)
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            for s, handler in previous.items():
+                signal.signal(s, handler)
         bar.update(task, completed=trainer.state.iteration)
     if trainer.terminated:  # a signal after the last iteration changes nothing: the run ends as usual
+        if main and history:  # the curve so far: a pre-empted run is looked at too
+            reward_curve(history, trainer.run_dir / "reward.png", title=f"{cfg.train.algorithm} · {recipe}")
         trainer.acc.end_training()
         stderr.print(f"terminated after {plural(trainer.state.iteration, 'iteration')}; continue with "
                      f"--resume latest --out {trainer.run_dir}")
-        raise SystemExit(143)
+        raise SystemExit(130 if stopped_by and stopped_by[0] == signal.SIGINT else 143)
     if main:
         trainer.sample_grid("final")
         if history:

@@ -65,6 +65,13 @@ def checkpoint_dirs(run_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name[5:]))
 
 
+def set_aside_later_checkpoints(run_dir: Path, ckpt: Path) -> list[Path]:
+    """Rewinding a run to its own ``ckpt``: move the checkpoints after it to OUT/abandoned/ (kept, never
+    deleted), so ``--resume latest`` cannot jump back onto the abandoned branch. Returns the new paths."""
+    step = int(ckpt.name[5:])
+    return [set_aside(d, run_dir) for d in checkpoint_dirs(run_dir) if int(d.name[5:]) > step]
+
+
 def stale_checkpoints(dirs: list[Path], keep_last: int) -> list[Path]:
     """The oldest of ``dirs`` (sorted by step) beyond the newest ``keep_last``; 0 keeps every one
     (a held-out curve over the run needs them all: scripts/heldout_curve.py)."""
@@ -90,9 +97,25 @@ RESUME_FREE = ("train.iterations", "train.time_budget_minutes", "output.", "mode
                "data.num_eval_prompts", "data.num_validation_prompts", "eval_sampler")
 
 
+#: reward options that say where and how patiently to ask, not what is scored: a reward server may move
+#: (another host after pre-emption) between a run and its resume
+REWARD_TRANSPORT = {"http": ("url", "timeout", "retries", "backoff")}
+
+
+def _scored(recipe: dict) -> dict:
+    """The recipe without reward transport options (see ``REWARD_TRANSPORT``)."""
+    rewards = []
+    for r in recipe.get("rewards") or ():
+        if isinstance(r, dict) and r.get("name") in REWARD_TRANSPORT and isinstance(r.get("options"), dict):
+            free = REWARD_TRANSPORT[r["name"]]
+            r = {**r, "options": {k: v for k, v in r["options"].items() if k not in free}}
+        rewards.append(r)
+    return {**recipe, "rewards": rewards} if "rewards" in recipe else recipe
+
+
 def recipe_changes(saved: dict, now: dict) -> list[str]:
     """'key: saved → now' for every field that differs and would change what a resumed run computes."""
-    a, b = flatten(saved), flatten(now)
+    a, b = flatten(_scored(saved)), flatten(_scored(now))
     keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and not k.startswith(RESUME_FREE))
     return [f"{k}: {a.get(k)!r} → {b.get(k)!r}" for k in keys]
 
@@ -102,11 +125,28 @@ def _inside(path: Path, folder: Path) -> bool:
 
 
 def holds_run(run_dir: Path) -> bool:
-    """A run folder with checkpoints or metrics: a fresh run there would overwrite and mix them."""
-    return bool(checkpoint_dirs(run_dir)) or (run_dir / "metrics.jsonl").is_file()
+    """A run folder with checkpoints: a fresh run there would overwrite and mix them. (Metrics without a
+    checkpoint are a run that died before its first one: nothing to resume, so they are set aside.)"""
+    return bool(checkpoint_dirs(run_dir))
 
 
-STOP_REQUESTED = "stop requested (SIGTERM)"
+def set_aside(path: Path, run_dir: Path) -> Path:
+    """Move ``path`` to OUT/abandoned/ under a free name (kept, never deleted)."""
+    dest = run_dir / "abandoned" / path.name
+    k = 1
+    while dest.exists():
+        k += 1
+        dest = run_dir / "abandoned" / f"{path.stem}-{k}{path.suffix}"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    path.rename(dest)
+    return dest
+
+
+STOP_REQUESTED = "stop requested (signal)"
+
+
+class RewardFailed(Exception):
+    """The reward raised inside an RL iteration (wraps the original as ``__cause__``)."""
 
 
 @dataclass
@@ -407,6 +447,12 @@ class Trainer:
             except OSError as e:
                 raise ValueError(f"cannot write to the run folder {self.run_dir}: {e.strerror or e} (choose a "
                                  "writable folder with --out or output.dir)") from None
+        metrics = self.run_dir / "metrics.jsonl"
+        if self.acc.is_main_process and not holds_run(self.run_dir) and metrics.is_file() and \
+                (ckpt is None or not _inside(ckpt, self.run_dir)):
+            dest = set_aside(metrics, self.run_dir)  # its rows must not pass for this run's
+            self.log(f"{self.run_dir} held metrics of a run that stopped before its first checkpoint: moved to {dest}")
+        self.acc.wait_for_everyone()
         if ckpt is not None and holds_run(self.run_dir) and not _inside(ckpt, self.run_dir):
             raise CheckpointError(f"--resume {ckpt}: {self.run_dir} already holds another run, and continuing "
                                   "there would mix the two runs' checkpoints and metrics; choose a new --out "
@@ -419,14 +465,19 @@ class Trainer:
                 raise CheckpointError(f"--resume {ckpt}: the recipe differs from the run's ({'; '.join(changes[:3])}"
                                       f"{more}); resume with the run's recipe ({self.run_dir / 'recipe.json'}) "
                                       "or start a new run with another --out")
+            if _inside(ckpt, self.run_dir) and ckpt.name.startswith("step-") and ckpt.name[5:].isdigit():
+                if self.acc.is_main_process:
+                    moved = set_aside_later_checkpoints(self.run_dir, ckpt)
+                    if moved:
+                        self.log(f"rewinding to {ckpt.name}: the later checkpoints ({', '.join(m.name for m in moved)}) "
+                                 f"moved to {self.run_dir / 'abandoned'}")
+                self.acc.wait_for_everyone()
             self.load_checkpoint(ckpt)
             self.log(f"resumed from {ckpt} at iteration {self.state.iteration}")
         else:
             if holds_run(self.run_dir):
-                raise CheckpointError(f"{self.run_dir} already holds a run (checkpoints / metrics.jsonl): continue "
-                                      "it with --resume latest, or choose a new --out (output.dir)")
-            if self.acc.is_main_process and (self.run_dir / "metrics.jsonl").exists():
-                (self.run_dir / "metrics.jsonl").unlink()
+                raise CheckpointError(f"{self.run_dir} already holds a run (checkpoints): continue it with --resume "
+                                      "latest, or choose a new --out (output.dir)")
         if self.acc.is_main_process:
             atomic_write_json(self.run_dir / "recipe.json", to_dict(self.recipe))
         self._started = True
@@ -452,7 +503,11 @@ class Trainer:
                 self.log(f"{reason} at iteration {self.state.iteration} (checkpoint step-{self.state.iteration})")
                 break
             it = self.state.iteration
-            row = self.pretrain_iteration(it) if self.cfg.algorithm == "pretrain" else self.rl_iteration(it)
+            try:
+                row = self.pretrain_iteration(it) if self.cfg.algorithm == "pretrain" else self.rl_iteration(it)
+            except RewardFailed as e:
+                self._checkpoint_after_reward_failure()
+                raise e.__cause__ from None
             ve = self.recipe.output.validate_every
             if ve and self.cfg.algorithm != "pretrain" and (it + 1) % ve == 0:
                 row["validation"] = self.validation_reward()
@@ -477,6 +532,18 @@ class Trainer:
         """Wall-clock seconds this run has trained, over all its resumes (what the time budget counts)."""
         now = 0.0 if self._clock_start is None else time.monotonic() - self._clock_start
         return self.state.elapsed + now
+
+    def _checkpoint_after_reward_failure(self) -> None:
+        """A reward that fails (a server down past its retries) fails before the update, so the state is
+        exactly that after the last completed iteration: checkpoint it, and the run resumes from there
+        instead of from the last periodic checkpoint. One process only: other ranks could not join in."""
+        it = self.state.iteration
+        have = checkpoint_dirs(self.run_dir)
+        if self.acc.num_processes > 1 or it == 0 or (have and have[-1].name == f"step-{it}"):
+            return
+        self.save_checkpoint()
+        self.log(f"the reward failed at iteration {it}: checkpoint step-{it} saved; fix the reward and "
+                 "continue with --resume latest")
 
     def _stop_reason(self, budget: float) -> str:
         """Why the loop stops before the next iteration ('' = it goes on): the time budget — counted over
@@ -551,7 +618,10 @@ class Trainer:
 
         # 2. rewards, gathered so advantages see whole groups
         t1 = time.perf_counter()
-        out = self.reward(images, prompts, metas)
+        try:
+            out = self.reward(images, prompts, metas)
+        except Exception as e:  # nothing of this iteration has changed any state yet: say so to run()
+            raise RewardFailed(e) from e
         local = torch.stack([out.total.float().cpu(), out.valid.float().cpu()]
                             + [out.components[k].float().cpu() for k in sorted(out.components)])
         gathered = acc.gather(local.to(acc.device).T.contiguous()).cpu()  # (total, 2 + C) in rank order

@@ -327,22 +327,43 @@ def test_resuming_a_finished_run_says_there_is_nothing_to_train(tmp_path, tiny_s
 
 
 def test_reward_server_down_keeps_last_checkpoint(tmp_path, tiny_shapes_dir):
-    import socket
+    """A run scored by a reward server; the server goes away: retries, then a one-line error naming it, the
+    last checkpoint intact. The server may come back elsewhere: the resumed run takes the new url."""
+    import threading
+    from maskfocus_cli.rewards import make_reward
+    from maskfocus_cli.rewards.serve import make_server
+
+    def start_server():
+        server = make_server(make_reward("brightness"), "127.0.0.1", 0, name="brightness")
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        return server, f"http://127.0.0.1:{server.server_address[1]}/"
+
+    def with_url(url):
+        return ["--set", f"rewards=[{{name: http, options: {{url: '{url}', timeout: 0.5, retries: 1, "
+                         "backoff: 0.01}}]"]
+
     p = recipe_file(tmp_path, tiny_shapes_dir, out="srv")
     runner = CliRunner()
-    assert runner.invoke(main, ["train", str(p), "--set", "train.iterations=1"]).exit_code == 0
+    server, url = start_server()
+    assert runner.invoke(main, ["train", str(p), "--set", "train.iterations=1", *with_url(url)]).exit_code == 0
+    server.shutdown()
+    server.server_close()
     ckpt = tmp_path / "srv" / "checkpoints" / "step-1" / "model.safetensors"
     before = ckpt.read_bytes()
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    p.write_text(p.read_text().replace("rewards: [{name: brightness}]",
-                                       f"rewards: [{{name: http, options: {{url: 'http://127.0.0.1:{port}/score', "
-                                       "timeout: 0.5, retries: 1, backoff: 0.01}}]"))
-    res = runner.invoke(main, ["train", str(p), "--set", "train.iterations=2", "--resume", "latest"])
+    res = runner.invoke(main, ["train", str(p), "--set", "train.iterations=2", "--resume", "latest", *with_url(url)])
     assert res.exit_code == 2, res.output
-    assert "127.0.0.1" in res.output and "Traceback" not in res.output
+    assert url.rstrip("/") in res.stderr and "recipe differs" not in res.stderr and "Traceback" not in res.output
     assert ckpt.read_bytes() == before
+    # back on another port: only where to ask changed, so the run resumes
+    server, moved = start_server()
+    try:
+        res = runner.invoke(main, ["train", str(p), "--set", "train.iterations=2", "--resume", "latest",
+                                   *with_url(moved)])
+        assert res.exit_code == 0, res.output
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert (tmp_path / "srv" / "checkpoints" / "step-2").is_dir()
 
 
 def test_tag_weights_steer_the_prompt_draw(tmp_path, tiny_shapes_dir):
@@ -480,8 +501,10 @@ def test_run_folder_and_reward_option_mistakes_are_one_line_errors(tmp_path, tin
     assert "done: 1 iteration →" in res.stderr
 
 
-def test_sigterm_finishes_the_iteration_checkpoints_and_the_run_resumes(tmp_path, tiny_shapes_dir):
-    """Slurm pre-emption / `kill`: the run stops after the current iteration with a checkpoint, exit 143."""
+@pytest.mark.parametrize("signame, code", [("SIGTERM", 143), ("SIGINT", 130)])
+def test_sigterm_finishes_the_iteration_checkpoints_and_the_run_resumes(tmp_path, tiny_shapes_dir, signame, code):
+    """Slurm pre-emption / `kill` / a first Ctrl-C: the run stops after the current iteration with a checkpoint
+    (Ctrl-C used to lose everything since the last periodic checkpoint)."""
     import os
     import signal
     import subprocess
@@ -492,9 +515,9 @@ def test_sigterm_finishes_the_iteration_checkpoints_and_the_run_resumes(tmp_path
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     first = json.loads(proc.stdout.readline())  # iteration 0 is done: the loop is running
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(getattr(signal, signame))
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 143, err
+    assert proc.returncode == code, err
     n = 1 + len(out.splitlines())  # iterations completed before the stop
     assert first["iteration"] == 0 and n < 50
     assert [c.name for c in (tmp_path / "t" / "checkpoints").iterdir()] == [f"step-{n}"]
@@ -505,6 +528,22 @@ def test_sigterm_finishes_the_iteration_checkpoints_and_the_run_resumes(tmp_path
     assert res.exit_code == 0, res.output
     rows = [json.loads(l) for l in (tmp_path / "t" / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in rows] == list(range(n + 1))
+    assert (tmp_path / "t" / "reward.png").is_file()
+
+
+def test_a_run_that_died_before_its_first_checkpoint_can_be_started_again(tmp_path, tiny_shapes_dir):
+    """Metrics but no checkpoint (kill -9, a crash): `--resume latest` has nothing to resume and a fresh start
+    used to be refused as "already holds a run" — the two messages sent the user back and forth."""
+    p = recipe_file(tmp_path, tiny_shapes_dir, out="died")
+    run = tmp_path / "died"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text(json.dumps({"iteration": 0, "loss": 0.1}) + "\n")
+    res = CliRunner().invoke(main, ["train", str(p), "--set", "train.iterations=1"])
+    assert res.exit_code == 0, res.output
+    assert "stopped before its first checkpoint" in res.stderr
+    assert json.loads((run / "abandoned" / "metrics.jsonl").read_text())["loss"] == 0.1  # kept, set aside
+    rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in rows] == [0] and rows[0]["loss"] != 0.1
 
 
 def test_maskfocus_loss_is_beta_times_the_logged_kl_per_sample_and_step(tmp_path, tiny_shapes_dir):
@@ -541,3 +580,53 @@ def test_fp16_autocast_on_cpu_is_refused_not_silently_fp32(tmp_path, tiny_shapes
     p = recipe_file(tmp_path, tiny_shapes_dir, out="fp16")
     with pytest.raises(ValueError, match="fp16 needs a GPU"):
         Trainer(load_recipe(p, ["train.mixed_precision=fp16"]))
+
+
+def test_rewinding_a_run_sets_its_later_checkpoints_aside(tmp_path, tiny_shapes_dir):
+    """Resuming from an earlier step-N of the same run, then `--resume latest`, must continue the new branch
+    (it jumped back to the abandoned step-4 and mixed the branches' metrics rows)."""
+    p = recipe_file(tmp_path, tiny_shapes_dir, out="rw")
+    run = tmp_path / "rw"
+    Trainer(load_recipe(p, ["train.iterations=4"])).run()
+    said = []
+    Trainer(load_recipe(p, ["train.iterations=3"]), log=said.append).run(resume=str(run / "checkpoints" / "step-2"))
+    assert sorted(d.name for d in (run / "abandoned").iterdir()) == ["step-3", "step-4"]  # kept, not deleted
+    assert any("moved to" in m and "step-4" in m for m in said)
+    rows = Trainer(load_recipe(p, ["train.iterations=4"])).run(resume="latest")
+    assert [r["iteration"] for r in rows] == [0, 1, 2, 3]
+    assert [json.loads(l)["iteration"] for l in (run / "metrics.jsonl").read_text().splitlines()] == [0, 1, 2, 3]
+    assert sorted(d.name for d in (run / "checkpoints").iterdir()) == ["step-1", "step-2", "step-3", "step-4"]
+
+
+def test_a_failing_reward_checkpoints_the_last_completed_iteration_and_the_run_resumes_exactly(
+        tmp_path, tiny_shapes_dir):
+    import maskfocus_cli.rewards.registry as registry
+    calls = {"n": 0, "fail_at": 2}
+
+    def flaky():
+        def reward(images, prompts, metadata):
+            calls["n"] += 1
+            if calls["n"] == calls["fail_at"] + 1:
+                raise ValueError("reward server at http://127.0.0.1:9/ did not answer")
+            return images.mean(dim=(1, 2, 3))
+        return reward
+
+    registry.register("flaky", overwrite=True)(flaky)
+    p = recipe_file(tmp_path, tiny_shapes_dir, out="flaky")
+    p.write_text(p.read_text().replace("brightness", "flaky"))
+    over = ["train.iterations=3", "output.checkpoint_every=100"]
+    said = []
+    with pytest.raises(ValueError, match="did not answer"):
+        Trainer(load_recipe(p, over), log=said.append).run()
+    # iterations 0 and 1 completed; the periodic checkpoint was not due until 100
+    assert [d.name for d in (tmp_path / "flaky" / "checkpoints").iterdir()] == ["step-2"]
+    assert any("reward failed at iteration 2" in m for m in said)
+    calls.update(n=0, fail_at=10**9)
+    resumed = Trainer(load_recipe(p, over))
+    resumed.run(resume="latest")
+    calls.update(n=0)
+    straight = Trainer(load_recipe(p, over + ["output.dir=" + str(tmp_path / "straight")]))
+    straight.run()
+    assert strip_times(resumed.state.history) == strip_times(straight.state.history)
+    for (k, a), (_, b) in zip(resumed.policy.named_parameters(), straight.policy.named_parameters()):
+        assert torch.equal(a, b), k

@@ -103,3 +103,16 @@ def test_betas_are_two_numbers_in_range(tmp_path, betas, message):
     with pytest.raises(ConfigError, match=message):
         load_recipe(write(tmp_path, "b.yaml", "train:\n  lr: 1e-5\n"), [f"train.betas={betas}"])
     assert load_recipe(write(tmp_path, "ok.yaml", "train:\n  betas: [0.9, 0.95]\n")).train.betas == (0.9, 0.95)
+
+
+def test_a_resumed_run_may_move_its_reward_server_but_not_change_what_is_scored():
+    from maskfocus_cli.engine.trainer import recipe_changes
+    http = {"name": "http", "weight": 1.0, "options": {"url": "http://a:8765/", "timeout": 60, "retries": 3}}
+    saved = {"train": {"lr": 1e-4}, "rewards": [http]}
+    moved = {"train": {"lr": 1e-4}, "rewards": [{**http, "options": {"url": "http://b:9000/", "timeout": 120,
+                                                                      "retries": 5}}]}
+    assert recipe_changes(saved, moved) == []
+    reweighted = {"train": {"lr": 1e-4}, "rewards": [{**http, "weight": 2.0}]}
+    assert recipe_changes(saved, reweighted) and "rewards" in recipe_changes(saved, reweighted)[0]
+    other = {"train": {"lr": 1e-4}, "rewards": [{"name": "clip", "weight": 1.0, "options": {"url": "x"}}]}
+    assert recipe_changes({**other}, {**other, "rewards": [{"name": "clip", "weight": 1.0, "options": {}}]})
