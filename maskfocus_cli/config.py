@@ -371,7 +371,7 @@ def flatten(d: dict, prefix: str = "") -> dict:
 def value_at(obj: Any, key: str) -> Any:
     """A dotted recipe key's value, e.g. ``value_at(recipe, "train.lr")``."""
     for part in key.split("."):
-        obj = getattr(obj, part)
+        obj = None if obj is None else getattr(obj, part)  # inside an unset optional section: None
     return obj
 
 
@@ -382,9 +382,10 @@ def explain(cls: type = Recipe, prefix: str = "") -> list[tuple[str, str, str]]:
     for f in dataclasses.fields(cls):
         key = f"{prefix}{f.name}"
         tp = hints[f.name]
-        if dataclasses.is_dataclass(tp):
-            rows.append((key, "", f.metadata.get("help", "")))
-            rows.extend(explain(tp, key + "."))
+        optional = [a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)]  # e.g. SamplerConfig | None
+        if dataclasses.is_dataclass(tp) or optional:
+            rows.append((key, "None" if optional else "", f.metadata.get("help", "")))
+            rows.extend(explain(optional[0] if optional else tp, key + "."))
             continue
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else "")

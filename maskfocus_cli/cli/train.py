@@ -59,7 +59,8 @@ def train(recipe, overrides, resume, out, explain) -> None:
             table = Table("key", str(recipe), "default", "meaning", title="recipe fields (bold: set by the recipe)")
             for key, default, help_ in explain_rows(Recipe):
                 v = value_at(cfg, key)
-                value = "" if dataclasses.is_dataclass(v) else repr(v)  # a section heading
+                unset = "." in key and value_at(cfg, key.rsplit(".", 1)[0]) is None  # in an unset optional section
+                value = "" if dataclasses.is_dataclass(v) or unset else repr(v)  # a section heading: blank
                 changed = value not in ("", default)
                 table.add_row(key, f"[bold]{value}[/bold]" if changed else value, default, help_)
         import shutil

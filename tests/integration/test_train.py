@@ -390,8 +390,14 @@ def test_explain_shows_what_a_recipe_resolves_to(tmp_path, tiny_shapes_dir):
     assert res.stdout == res.output  # the table is the answer: on stdout, for grep
     assert row["train.lr"][:2] == ["0.00025", "0.0001"]  # this recipe's value, then the default
     assert row["train.kl_beta"][0] == "0.125" and row["train.group_size"][0] == "4"  # --set and base:
+    assert row["eval_sampler"][0] == "None" and row["eval_sampler.steps"][:2] == ["", "16"]  # unset section
+    res = CliRunner().invoke(main, ["train", str(child), "--explain", "--set", "eval_sampler={steps: 4}"],
+                             env={"COLUMNS": "200"})
+    row = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:-1]]
+           for line in res.output.splitlines() if line.count("│") >= 4}
+    assert row["eval_sampler.steps"][:2] == ["4", "16"] and row["eval_sampler.guidance_scale"][0] == "3.0"
     res = CliRunner().invoke(main, ["train", "--explain"], env={"COLUMNS": "200"})
-    assert res.exit_code == 0 and "train.lr" in res.output
+    assert res.exit_code == 0 and "train.lr" in res.output and "eval_sampler.steps" in res.output
 
 
 def test_low_precision_weights_train_in_fp32_and_the_reference_shares_autocast(tmp_path, tiny_shapes_dir):
