@@ -329,12 +329,23 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             value = raw
         parts = key.strip().split(".")
         node = data
-        for p in parts[:-1]:
-            child = node.get(p)
-            node[p] = dict(child) if isinstance(child, dict) else {}
-            node = node[p]
-        node[parts[-1]] = value
+        for p in parts[:-1]:  # copy on the way down: the caller's dicts and lists stay untouched
+            slot = _index(p, node, key) if isinstance(node, list) else p
+            child = node[slot] if isinstance(node, list) else node.get(p)
+            child = dict(child) if isinstance(child, dict) else list(child) if isinstance(child, list) else \
+                {"name": child} if isinstance(child, str) and isinstance(node, list) else {}  # "- brightness"
+            node[slot] = child
+            node = child
+        node[_index(parts[-1], node, key) if isinstance(node, list) else parts[-1]] = value
     return data
+
+
+def _index(part: str, items: list, key: str) -> int:
+    """A list position in a --set key (``rewards.0.options.weights``)."""
+    if not part.isdigit() or int(part) >= len(items):
+        raise ConfigError(f"--set {key}: {part!r} is not a position in that list (0…{len(items) - 1}); or replace "
+                          f"the whole list, e.g. --set 'rewards=[{{name: clip, options: {{...}}}}]'")
+    return int(part)
 
 
 def load_recipe(path: str | Path, overrides: list[str] | tuple = ()) -> Recipe:

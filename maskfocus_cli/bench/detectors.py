@@ -262,7 +262,7 @@ def load_open_clip(model: str | os.PathLike, pretrained: str | os.PathLike | Non
         p = Path(str(pretrained)).expanduser()
         if p.exists():
             pretrained = str(p)
-        elif hub_offline() or any(c in str(pretrained) for c in "/\\."):
+        elif hub_offline() or any(c in str(pretrained) for c in "/\\.") or not hub_reachable():
             raise ValueError(f"CLIP weights '{pretrained}' not found locally; pass {option} with a checkpoint "
                              f"file (pretrained tags such as 'openai' download and need the network)")
     import open_clip  # after the checks above: a missing-weights error should not wait for this import
@@ -272,7 +272,13 @@ def load_open_clip(model: str | os.PathLike, pretrained: str | os.PathLike | Non
             spec, pretrained=None if spec.startswith(("local-dir:", "hf-hub:")) else str(pretrained),
             device=device)
         tokenizer = open_clip.get_tokenizer(spec)
+    except AssertionError as e:  # open_clip's shape asserts: weights of another architecture
+        raise ValueError(f"CLIP weights '{pretrained}' do not fit open_clip architecture {spec!r} ({e}); name the "
+                         f"weights' architecture (--clip-arch, or the reward's arch/model option)") from None
     except (RuntimeError, OSError, FileNotFoundError, ValueError) as e:
+        if isinstance(e, RuntimeError) and "size mismatch" in str(e):
+            raise ValueError(f"CLIP weights '{pretrained}' do not fit open_clip architecture {spec!r}; name the "
+                             f"weights' architecture (--clip-arch, or the reward's arch/model option)") from None
         raise weights_error("CLIP", f"{spec} / {pretrained}", option, e) from e
     net.eval()
     return net, preprocess, tokenizer

@@ -29,8 +29,8 @@ import torch
 from torch import nn
 
 from maskfocus_cli.models.folders import (ModelFolderError, check_device_dtype, expect_class,
-                                                 load_state_strict, read_config, resolve_folder,
-                                                 save_folder_atomically, weight_files)
+                                                 load_component, load_state_strict, read_config, resolve_folder,
+                                                 save_folder_atomically, weight_files, weight_variant)
 from maskfocus_cli.models.base import Cond, MaskedT2IAdapter, StepInfo
 
 LAYOUT = ("transformer/config.json", "vqvae/config.json", "text_encoder/config.json", "tokenizer")
@@ -222,15 +222,21 @@ def load_frozen_components(folder: Path, family: str, transformer: nn.Module, dt
     vq_cfg = read_config(vq_cfg_path)
     expect_class(vq_cfg, vq_cfg_path, "VQModel", family)
     vq_dtype = torch.float32 if vq_cfg.get("force_upcast", False) else dtype
-    vqvae = VQModel.from_pretrained(folder / "vqvae", torch_dtype=vq_dtype)
+    vqvae = load_component("VQ model (vqvae/)", folder / "vqvae", VQModel.from_pretrained, torch_dtype=vq_dtype,
+                           variant=weight_variant(folder / "vqvae", "diffusion_pytorch_model"))
     if int(vqvae.config.num_vq_embeddings) != int(transformer.config.codebook_size):
         raise ModelFolderError(f"{folder}: vqvae has {vqvae.config.num_vq_embeddings} codes but the "
                                f"transformer predicts {transformer.config.codebook_size}")
     te_cfg_path = folder / "text_encoder" / "config.json"
     expect_class(read_config(te_cfg_path), te_cfg_path, "CLIPTextModelWithProjection", family,
                  key="architectures")
-    text_encoder = CLIPTextModelWithProjection.from_pretrained(folder / "text_encoder", dtype=dtype)
-    tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
+    text_encoder = load_component("text encoder (text_encoder/)", folder / "text_encoder",
+                                  CLIPTextModelWithProjection.from_pretrained, dtype=dtype,
+                                  variant=weight_variant(folder / "text_encoder", "model"))
+    tokenizer = load_component("tokenizer (tokenizer/)", folder / "tokenizer", CLIPTokenizer.from_pretrained)
+    if len(tokenizer) == 0 or tokenizer.eos_token_id is None:  # an empty tokenizer folder loads "fine"
+        raise ModelFolderError(f"{folder / 'tokenizer'}: the tokenizer has no vocabulary; the pipeline folder is "
+                               "incomplete — download tokenizer/ again")
     return vqvae, text_encoder, tokenizer
 
 

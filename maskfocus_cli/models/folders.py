@@ -79,6 +79,28 @@ def expect_class(config: dict, path: Path, wanted: str | tuple[str, ...], family
                                "another architecture?)")
 
 
+def weight_variant(component: Path, stem: str) -> str | None:
+    """The variant (``fp16`` of ``STEM.fp16.safetensors``) to ask ``from_pretrained`` for when a component holds
+    only variant weights, else None (plain or sharded weights, or nothing: from_pretrained then says so)."""
+    if (component / f"{stem}.safetensors").is_file() or (component / f"{stem}.safetensors.index.json").is_file():
+        return None
+    found = sorted(component.glob(f"{stem}.*.safetensors")) + sorted(component.glob(f"{stem}.*.safetensors.index.json"))
+    return found[0].name[len(stem) + 1:].split(".")[0] if found else None
+
+
+def load_component(what: str, folder: Path, load, **kwargs):
+    """``load(folder, **kwargs)`` (a ``from_pretrained``) with its failures as one line naming the component:
+    diffusers / transformers raise OSError, ValueError or worse for a missing or broken file."""
+    try:
+        return load(folder, **kwargs)
+    except ModelFolderError:
+        raise
+    except (OSError, ValueError, OverflowError, KeyError, TypeError, RuntimeError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise ModelFolderError(f"{folder}: cannot load the {what} ({type(e).__name__}: {first}); the pipeline "
+                               "folder is incomplete or broken — download that component again") from None
+
+
 def weight_files(component: Path, stem: str) -> list[Path]:
     """Safetensors files of a component: single file, sharded index, or (fallback) a variant."""
     single = component / f"{stem}.safetensors"

@@ -55,8 +55,12 @@ class ClipScore:
                 raise ValueError(f"clip reward: pretrained={pretrained!r} is neither a file nor an open_clip tag "
                                  f"for {model} (tags: {', '.join(tags) or 'none'}); give the checkpoint path")
         self.device = resolve_device(device)
-        net = open_clip.create_model(model, pretrained=None if local_dir else pretrained,
-                                     precision=precision, device=self.device)
+        try:
+            net = open_clip.create_model(model, pretrained=None if local_dir else pretrained,
+                                         precision=precision, device=self.device)
+        except (AssertionError, RuntimeError) as e:  # shape asserts / size mismatch: another architecture
+            raise ValueError(f"clip reward: weights {pretrained!r} do not fit open_clip architecture {model!r} "
+                             f"(set options.model to the checkpoint's architecture): {str(e)[:200]}") from None
         self.scorer = OpenClipScorer(net, open_clip.get_tokenizer(model), self.device, dtype,
                                      cache_size=cache_size, batch_size=batch_size)
         self.w, self.clamp = float(w), clamp

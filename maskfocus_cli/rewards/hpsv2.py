@@ -69,7 +69,7 @@ class HPSv2Reward:
         except pickle.UnpicklingError as e:
             raise ValueError(f"hpsv2 weights {weights} hold non-tensor objects that torch refuses to load "
                              "safely; if you trust the file set option weights_only=false") from e
-        except RuntimeError as e:
+        except (RuntimeError, AssertionError) as e:  # size mismatch / open_clip's shape asserts
             raise ValueError(f"hpsv2 weights {weights} do not fit open_clip architecture {arch!r} "
                              f"(set option arch to the checkpoint's architecture): {str(e)[:300]}") from e
         net.to(self.device)

@@ -109,3 +109,25 @@ def test_missing_component_and_cpu_fp16_errors(folder, tmp_path):
         load(str(broken))
     with pytest.raises(ValueError, match="float16 is not supported on the CPU"):
         load(str(folder), dtype=torch.float16)
+
+
+def test_variant_only_weights_load_and_broken_components_are_named(folder, adapter, tmp_path):
+    """Hub snapshots of `--variant fp16` hold only STEM.fp16.safetensors; a half-copied folder misses files."""
+    variant = tmp_path / "variant"
+    shutil.copytree(folder, variant)
+    for f in variant.rglob("*.safetensors"):
+        f.rename(f.with_name(f.name.replace(".safetensors", ".fp16.safetensors")))
+    v = load(str(variant))
+    torch.testing.assert_close(v.vqvae.decoder.conv_in.weight, adapter.vqvae.decoder.conv_in.weight)
+    no_text = tmp_path / "no-text-weights"
+    shutil.copytree(folder, no_text)
+    for f in (no_text / "text_encoder").glob("*.safetensors"):
+        f.unlink()
+    with pytest.raises(ValueError, match=r"cannot load the text encoder \(text_encoder/\).*download that component"):
+        load(str(no_text))
+    no_vocab = tmp_path / "no-vocab"
+    shutil.copytree(folder, no_vocab)
+    for f in (no_vocab / "tokenizer").iterdir():
+        f.write_text("{}" if f.suffix == ".json" else "")
+    with pytest.raises(ValueError, match=r"tokenizer"):
+        load(str(no_vocab))

@@ -116,3 +116,13 @@ def test_a_resumed_run_may_move_its_reward_server_but_not_change_what_is_scored(
     assert recipe_changes(saved, reweighted) and "rewards" in recipe_changes(saved, reweighted)[0]
     other = {"train": {"lr": 1e-4}, "rewards": [{"name": "clip", "weight": 1.0, "options": {"url": "x"}}]}
     assert recipe_changes({**other}, {**other, "rewards": [{"name": "clip", "weight": 1.0, "options": {}}]})
+
+
+def test_set_reaches_into_a_list_by_position(tmp_path):
+    p = write(tmp_path, "r.yaml", "rewards:\n  - name: hpsv2\n    options: {weights: /path/to/x.pt, arch: ViT-H-14}\n"
+                                  "  - brightness\n")
+    r = load_recipe(p, ["rewards.0.options.weights=/models/hps.pt", "rewards.1.weight=0.5"])
+    assert r.rewards[0].options == {"weights": "/models/hps.pt", "arch": "ViT-H-14"}  # the other option kept
+    assert (r.rewards[1].name, r.rewards[1].weight) == ("brightness", 0.5)
+    with pytest.raises(ConfigError, match=r"--set rewards\.2\.weight: '2' is not a position in that list \(0…1\)"):
+        load_recipe(p, ["rewards.2.weight=1"])

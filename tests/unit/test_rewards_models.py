@@ -185,3 +185,12 @@ def test_hpsv2_refuses_pickled_objects_unless_trusted(tiny_open_clip, tmp_path):
     r = make_reward("hpsv2", weights=str(path), arch=ARCH, device="cpu", weights_only=False)
     x = images()
     assert torch.allclose(r(x, PROMPTS, [None] * 4), reference_cos(model, x, PROMPTS), atol=1e-5)
+
+
+def test_weights_of_another_architecture_are_a_one_line_error_naming_the_option(tiny_open_clip):
+    from maskfocus_cli.bench.detectors import load_open_clip
+    _, d = tiny_open_clip
+    with pytest.raises(ValueError, match=f"do not fit open_clip architecture '{ARCH}-wide'.*options.model"):
+        make_reward("clip", model=f"{ARCH}-wide", pretrained=str(d / "clip.pt"), device="cpu")
+    with pytest.raises(ValueError, match=f"do not fit open_clip architecture '{ARCH}-wide'.*--clip-arch"):
+        load_open_clip(f"{ARCH}-wide", d / "clip.pt", option="--clip")
