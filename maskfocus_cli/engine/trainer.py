@@ -227,6 +227,7 @@ class Trainer:
             self._check_vocabulary(self.prompts, "data.prompts")
             self.prompt_weights = prompt_weights(self.prompts, recipe.data.tag_weights, recipe.data.prompts)
             self.reward = reward_fn or self._build_reward()
+            self._check_metadata_for_reward()
             # ranks route on the whole rollout batch's median entropy, as one process would
             gather = None if self.acc.num_processes == 1 else self._gather_entropies
             self.router = make_router(recipe.routing.enabled, recipe.routing.scale, recipe.routing.decay,
@@ -237,6 +238,22 @@ class Trainer:
                                       fidelity=recipe.data.caption_fidelity or None)
 
     # ------------------------------------------------------------------ set-up helpers
+    def _check_metadata_for_reward(self) -> None:
+        """A reward that scores by GenEval metadata (``geneval``) cannot score plain prompts: say which prompt
+        file lacks them now, not after the model loaded and the first rollout (or validation) ran."""
+        if not getattr(self.reward, "needs_metadata", False):
+            return
+        d = self.recipe.data
+        sources = [("data.prompts", d.prompts, self.prompts)]
+        if self.recipe.output.validate_every > 0:
+            sources.append(("data.eval_prompts", d.eval_prompts,
+                            load_prompt_source(d.eval_prompts)[:d.num_validation_prompts]))
+        for key, source, rows in sources:
+            plain = [p for p, m in rows if m is None]
+            if plain:
+                raise ValueError(f"{key}: {source} has prompts without GenEval metadata (e.g. {plain[0]!r}), which "
+                                 "the geneval reward scores by: use a GenEval .jsonl file (rows with tag/include)")
+
     def _check_eval_prompts(self) -> None:
         """A bad ``data.eval_prompts`` fails now, not at the first grid (or after the last iteration)."""
         d, o = self.recipe.data, self.recipe.output

@@ -109,6 +109,8 @@ class CompositeReward:
         elif len(rewards) != len(self.specs):
             raise ValueError(f"{len(rewards)} reward callables for {len(self.specs)} specs")
         self.rewards = list(rewards)
+        #: some component scores by GenEval metadata rows (plain-text prompts cannot be scored)
+        self.needs_metadata = any(getattr(r, "needs_metadata", False) for r in self.rewards)
         self.keys = _key_names(self.specs)
         self.invalid_counts: dict[str, int] = {k: 0 for k in self.keys}
 

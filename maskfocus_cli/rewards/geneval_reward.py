@@ -24,16 +24,20 @@ from maskfocus_cli.rewards.shapes_geneval import ShapesGenEvalReward
 class GenEvalReward(ShapesGenEvalReward):
     """1/0 GenEval correctness per image (or the clause fraction with ``partial=True``) on real images."""
 
+    #: scores by each prompt's GenEval metadata row: the trainer checks its prompt files have them up front
+    needs_metadata = True
+
     def __init__(self, detector: str | os.PathLike = "facebook/mask2former-swin-small-coco-instance",
                  clip: str | os.PathLike = "openai", clip_arch: str = "ViT-L-14", device: str = "auto",
-                 partial: bool = False, thresholds: dict | None = None, batch_size: int = 4) -> None:
+                 partial: bool = False, thresholds: dict | None = None, batch_size: int = 4,
+                 count_credit: bool = False) -> None:
         """``detector``: Mask2Former COCO instance-segmentation folder; ``clip``: open_clip folder,
         checkpoint file for ``clip_arch``, or a pretrained tag (downloads); ``thresholds``: overrides of
         ``bench.geneval.GenEvalThresholds`` (score, counting_score, max_objects, position)."""
         from maskfocus_cli.bench.runner import geneval_detector
         from maskfocus_cli.models.loading import resolve_device
 
-        super().__init__(partial=partial, thresholds=thresholds)  # thresholds + partial handling
+        super().__init__(partial=partial, thresholds=thresholds, count_credit=count_credit)  # thresholds + partial handling
         self.detector = geneval_detector(detector, clip, clip_arch, device=str(resolve_device(device)),
                                          score_threshold=min(self.thr.score, self.thr.counting_score),
                                          max_per_class=self.thr.max_objects, batch_size=batch_size,

@@ -94,6 +94,13 @@ def test_partial_credit_counts_clauses(tiny_mask2former, tiny_clip, images):
     absent = next(c for c in GENEVAL_CLASSES if c not in {d.cls for d in dets})
     meta = row("two_object", {"class": present, "count": 1}, {"class": absent, "count": 1})
     assert reward(images[:1], [meta["prompt"]], [meta]).tolist() == [0.5]
+    # count credit, as the shapes-geneval reward has it: asking for 2 of a class drawn once earns 1/2
+    graded = make_reward("geneval", detector=str(tiny_mask2former), clip=str(tiny_clip), device="cpu",
+                         thresholds=ANY, partial=True, count_credit=True)
+    n = sum(d.cls == present for d in dets)
+    meta2 = row("counting", {"class": present, "count": n + 1})
+    assert graded(images[:1], [meta2["prompt"]], [meta2]).tolist() == [pytest.approx(n / (n + 1))]
+    assert reward(images[:1], [meta2["prompt"]], [meta2]).tolist() == [0.0]
 
 
 def test_metadata_is_required_and_weights_errors_name_the_option(tiny_mask2former, tiny_clip, images, tmp_path):

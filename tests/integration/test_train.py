@@ -636,3 +636,24 @@ def test_a_failing_reward_checkpoints_the_last_completed_iteration_and_the_run_r
     assert strip_times(resumed.state.history) == strip_times(straight.state.history)
     for (k, a), (_, b) in zip(resumed.policy.named_parameters(), straight.policy.named_parameters()):
         assert torch.equal(a, b), k
+
+
+def test_a_reward_that_scores_by_metadata_refuses_plain_prompt_files_up_front(tmp_path, tiny_shapes_dir):
+    import maskfocus_cli.rewards.registry as registry
+
+    class ByMetadata:
+        needs_metadata = True  # as the geneval reward
+
+        def __call__(self, images, prompts, metadata):
+            return images.mean(dim=(1, 2, 3))
+
+    registry.register("by-metadata", overwrite=True)(ByMetadata)
+    plain = tmp_path / "plain.txt"
+    plain.write_text("a photo of a red circle\n")
+    p = recipe_file(tmp_path, tiny_shapes_dir, out="meta")
+    p.write_text(p.read_text().replace("brightness", "by-metadata"))
+    with pytest.raises(ValueError, match=r"data\.prompts: .*plain\.txt has prompts without GenEval metadata"):
+        Trainer(load_recipe(p, [f"data.prompts={plain}"]))
+    with pytest.raises(ValueError, match=r"data\.eval_prompts: .*plain\.txt has prompts without GenEval metadata"):
+        Trainer(load_recipe(p, [f"data.eval_prompts={plain}", "output.validate_every=50"]))
+    Trainer(load_recipe(p, [f"data.eval_prompts={plain}"]))  # grids only: plain prompts are fine
