@@ -28,6 +28,12 @@ def _given(ctx: click.Context, name: str) -> bool:
     return ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP, None)
 
 
+def _where(path) -> str:
+    """A local path made absolute (hub ids and tags unchanged), as run.json records it."""
+    p = Path(str(path)).expanduser()
+    return str(p.resolve()) if p.exists() else str(path)
+
+
 def _bar_callback(bar, label: str):
     """(done, total) progress callback driving one rich task created on the first call."""
     state: dict = {}
@@ -170,23 +176,25 @@ def evaluate(ctx, bench, images_dir, prompt_file, categories, model_spec, checkp
         arch = clip_arch or DEFAULT_CLIP_ARCH["geneval"]
         detector = runner.geneval_detector(detector_path, clip, arch, device=dev, score_threshold=thr.score,
                                            max_per_class=thr.max_objects)
-        scorer_info = {"detector": str(detector_path), "clip": str(clip), "clip_arch": arch,
+        scorer_info = {"detector": _where(detector_path), "clip": _where(clip), "clip_arch": arch,
                        "thresholds": dataclasses.asdict(thr)}
     else:
         arch = clip_arch or DEFAULT_CLIP_ARCH["t2i-compbench"]
         scorers = _t2i_scorers(cats, blip_path, detector_path, clip, arch, dev, complex_spatial, complex_action)
-        scorer_info = {"blip": str(blip_path), "detector": str(detector_path), "clip": str(clip),
+        scorer_info = {"blip": _where(blip_path), "detector": _where(detector_path), "clip": _where(clip),
                        "clip_arch": arch}
 
     if generating:
         from maskfocus_cli.engine.routing import make_router
         from maskfocus_cli.engine.sampling import mask_counts
-        from maskfocus_cli.models.loading import load_model
+        from maskfocus_cli.models.loading import absolute_spec, load_model
         adapter = load_model(model_spec, checkpoint, device, dtype)
         mask_counts(adapter.num_tokens, settings.steps, settings.schedule)  # more steps than tokens: fail now
         generation = runner.Generation(adapter, settings, n=n, seed=seed, batch_size=batch_size,
                                        router=make_router(routing))
-        model_info = {"model": model_spec, "checkpoint": str(checkpoint) if checkpoint else None, "dtype": dtype}
+        # absolute paths: a resume from another working directory (a requeued job) is the same run
+        model_info = {"model": absolute_spec(model_spec), "checkpoint": _where(checkpoint) if checkpoint else None,
+                      "dtype": dtype}
 
     bar = progress()
     try:

@@ -480,3 +480,16 @@ def test_compare_notes_when_the_two_runs_sampled_different_images(shapes_run, ti
     assert res.exit_code == 0, res.output
     note = [ln for ln in res.stderr.splitlines() if "samples differ" in ln]
     assert note and "images 8 vs 12" in note[0] and "prompts" in note[0]
+
+
+def test_a_run_resumes_from_another_working_directory(tiny_shapes, tmp_path, monkeypatch):
+    """A requeued job may start elsewhere: the same model named by another relative path is the same run."""
+    import shutil
+    shutil.copytree(tiny_shapes, tmp_path / "models" / "tiny")
+    monkeypatch.chdir(tmp_path / "models")
+    first = invoke("--bench", "shapes", "--model", "shapes:tiny", *FAST, "--out", str(tmp_path / "EV"))
+    assert first.exit_code == 0, first.output
+    monkeypatch.chdir(tmp_path)
+    again = invoke("--bench", "shapes", "--model", "shapes:models/tiny", *FAST, "--out", "EV")
+    assert again.exit_code == 0, again.output
+    assert stdout_json(again)["newly_scored"] == 0 and scores(stdout_json(again)) == scores(stdout_json(first))
