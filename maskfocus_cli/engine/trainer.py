@@ -177,6 +177,9 @@ class Trainer:
             accelerator = Accelerator(mixed_precision=self.cfg.mixed_precision, cpu=device.type == "cpu")
         self.acc = accelerator
         self.run_dir = Path(recipe.output.dir)
+        if self.cfg.algorithm == "pretrain" and self.cfg.batch_size % self.acc.num_processes:
+            raise ValueError(f"train.batch_size = {self.cfg.batch_size} scenes must split evenly over "
+                             f"{self.acc.num_processes} processes")
         if self.cfg.algorithm != "pretrain":
             if self.cfg.group_size < 2:
                 raise ValueError("train.group_size must be at least 2: GRPO compares images of the same prompt")
@@ -595,8 +598,11 @@ class Trainer:
         grad_norm = self._clip()
         self.optimizer.step()
         self._after_optimizer_step(it)
-        return {"loss": float(loss.detach()), **stats, "grad_norm": grad_norm,
-                "time": {"total": time.perf_counter() - t0}}
+        loss_value = float(loss.detach())
+        if world > 1:  # the whole batch's numbers, as one process would log them (ranks hold equal shares)
+            stats = {k: self._rank_mean(torch.tensor(float(v), dtype=torch.float64)) for k, v in stats.items()}
+            loss_value = self._rank_mean(torch.tensor(loss_value, dtype=torch.float64))
+        return {"loss": loss_value, **stats, "grad_norm": grad_norm, "time": {"total": time.perf_counter() - t0}}
 
     def _clip(self) -> float:
         if self.cfg.grad_clip > 0:
@@ -689,7 +695,7 @@ class Trainer:
             "components": {k: _mean_std(c[valid & torch.isfinite(c)])
                            for k, c in ((k, full[:, 2 + j]) for j, k in enumerate(comp_names))},
             "reward_by_tag": reward_by_tag(rewards, valid, [chosen[i // G][1] for i in range(total)]),
-            "loss": stats["loss"], "kl": stats["kl"],
+            "loss": stats["loss"], "kl": stats["kl"], "grad_norm": stats.get("grad_norm"),
             "clip_fraction": stats["clipped"] / stats["elements"] if stats["elements"] else 0.0,
             "zero_std_ratio": adv.zero_std_groups / adv.groups,
             "kept": n_keep_global, "invalid_rewards": n_invalid,
@@ -849,6 +855,8 @@ class Trainer:
         images = torch.cat([im for _, im in self._standard_samples(prompts, seeds)])
         path = self.run_dir / "samples" / f"{name}.png"
         save_png(contact_sheet(images, ncols=4, scale=2), path)
+        # which prompt each row shows (rows of 4 seeds), beside the grid
+        atomic_write_json(path.with_suffix(".json"), {"rows": [p for p, _ in rows], "seeds": [0, 1, 2, 3]})
         return path
 
 

@@ -79,3 +79,26 @@ def test_accelerate_launch_cli(tmp_path, tiny_shapes_dir):
     rows = [json.loads(l) for l in proc.stdout.splitlines() if l.startswith("{")]
     assert [r["iteration"] for r in rows] == [0]  # only the main process prints
     assert (tmp_path / "run" / "checkpoints" / "step-1" / "model.safetensors").is_file()
+
+
+PRETRAIN = """
+model: {{spec: "shapes:{model}"}}
+train: {{algorithm: pretrain, iterations: 1, batch_size: {batch}, lr: 1.0e-3}}
+output: {{dir: "{out}", checkpoint_every: 1}}
+data: {{num_eval_prompts: 0}}
+"""
+
+
+@pytest.mark.slow
+def test_two_rank_pretraining_logs_the_whole_batch_and_refuses_an_uneven_split(tmp_path, tiny_shapes_dir):
+    recipe = tmp_path / "p.yaml"
+    recipe.write_text(PRETRAIN.format(model=tiny_shapes_dir, out=tmp_path / "run", batch=8))
+    proc = launch(2, str(HERE / "ddp_worker.py"), str(recipe), str(tmp_path), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
+    rows = [rk["history"][0] for rk in ranks]
+    # each rank trained on its half; both log the mean over the whole batch (rank 0 logged only its half)
+    assert rows[0]["loss"] == rows[1]["loss"] and rows[0]["token_accuracy"] == rows[1]["token_accuracy"]
+    recipe.write_text(PRETRAIN.format(model=tiny_shapes_dir, out=tmp_path / "odd", batch=7))
+    proc = launch(2, "-m", "maskfocus_cli", "train", str(recipe), cwd=tmp_path)
+    assert proc.returncode != 0 and "train.batch_size = 7 scenes must split evenly over 2 processes" in proc.stderr

@@ -211,6 +211,9 @@ def test_train_cli_end_to_end(tmp_path, tiny_shapes_dir):
     assert [r["iteration"] for r in rows] == [0, 1]
     assert (tmp_path / "cli" / "reward.png").is_file()
     assert (tmp_path / "cli" / "samples" / "final.png").is_file()
+    grid = json.loads((tmp_path / "cli" / "samples" / "final.json").read_text())
+    assert len(grid["rows"]) == 2 and all(isinstance(p, str) and p for p in grid["rows"])  # num_eval_prompts: 2
+    assert all(isinstance(r["grad_norm"], float) for r in rows)
     # resuming a finished run does nothing more and keeps its metrics
     res = CliRunner().invoke(main, ["train", str(p), "--set", "train.iterations=2", "--resume", "latest"])
     assert res.exit_code == 0, res.output
