@@ -262,7 +262,7 @@ def load_open_clip(model: str | os.PathLike, pretrained: str | os.PathLike | Non
         p = Path(str(pretrained)).expanduser()
         if p.exists():
             pretrained = str(p)
-        elif hub_offline() or any(c in str(pretrained) for c in "/\\.") or not hub_reachable():
+        elif hub_offline() or any(c in str(pretrained) for c in "/\\."):
             raise ValueError(f"CLIP weights '{pretrained}' not found locally; pass {option} with a checkpoint "
                              f"file (pretrained tags such as 'openai' download and need the network)")
     import open_clip  # after the checks above: a missing-weights error should not wait for this import

@@ -179,7 +179,7 @@ def markdown_table(summary: dict, command: str | None = None, other: dict | None
 
 
 #: what must match for a Δ row to compare models rather than samples (the model itself may differ)
-SAME_SAMPLES = ("images", "prompts", "images_per_row", "seed", "sampler", "routing")
+SAME_SAMPLES = ("images", "prompts", "images_per_row", "seed", "sampler", "routing", "batch_size")
 
 
 def sample_differences(current: dict, other: dict) -> list[str]:

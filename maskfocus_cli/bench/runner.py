@@ -172,13 +172,30 @@ def _read_json_or_empty(path: Path) -> dict:
 _GENERATOR_DEFAULTS = {"dtype": "fp32"}
 
 
+def _local_paths_absolute(info: dict) -> dict:
+    """Run records name models and weights by path; records written before paths were made absolute
+    still match when resumed from their directory."""
+    from maskfocus_cli.models.loading import absolute_spec
+    out = dict(info)
+    for k in ("checkpoint", "detector", "clip", "blip"):
+        if isinstance(out.get(k), str) and Path(out[k]).expanduser().exists():
+            out[k] = str(Path(out[k]).expanduser().resolve())
+    if isinstance(out.get("model"), str):
+        out["model"] = absolute_spec(out["model"])
+    return out
+
+
 def _check_run_info(path: Path, run_info: dict) -> None:
     old = _read_json_or_empty(path)
     for key in ("bench", "scorer", "generator"):
         if key in old and key in run_info:
             a, b = old[key], run_info[key]
+            if isinstance(a, dict) and isinstance(b, dict):
+                a, b = _local_paths_absolute(a), _local_paths_absolute(b)
             if key == "generator" and isinstance(a, dict) and isinstance(b, dict):
                 a, b = {**_GENERATOR_DEFAULTS, **a}, {**_GENERATOR_DEFAULTS, **b}
+                if "batch_size" not in a:  # recorded before routed runs recorded their batch size
+                    b = {k: v for k, v in b.items() if k != "batch_size"}
             if a != b:
                 raise ValueError(f"{path.parent} holds results of a different run ({key} differs: "
                                  f"{json.dumps(old[key])} vs {json.dumps(run_info[key])}); choose a new --out "

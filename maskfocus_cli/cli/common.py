@@ -8,6 +8,7 @@ import math
 import os
 import sys
 import tempfile
+from collections import Counter
 from pathlib import Path
 from typing import Callable
 
@@ -39,12 +40,15 @@ def model_options(f: Callable) -> Callable:
 MAX_SEED = 2**63 - 1
 
 
-def check_seed_room(seed: int, images: int) -> None:
-    """Image seeds run from ``seed`` up to ``seed + images − 1`` (a repeated prompt continues with new seeds):
-    all must be valid --seed values too, or a printed seed could not regenerate its image."""
-    if images > 0 and seed + images - 1 > MAX_SEED:
-        raise ValueError(f"--seed {seed} leaves no room for {images} images (their seeds run up to --seed + "
-                         f"{images - 1}, above {MAX_SEED}); use --seed {MAX_SEED - images + 1} or less")
+def check_seed_room(seed: int, prompts: list[str], n: int) -> None:
+    """Image j of a prompt's k-th listing gets seed ``seed + k·n + j`` (``make_jobs``): every such seed must be a
+    valid --seed too, or a printed seed could not regenerate its image."""
+    if not prompts:
+        return
+    top = max(Counter(prompts).values()) * n - 1  # the highest offset any image gets
+    if seed + top > MAX_SEED:
+        raise ValueError(f"--seed {seed} leaves no room for the image seeds (they run up to --seed + {top}, above "
+                         f"{MAX_SEED}); use --seed {MAX_SEED - top} or less")
 
 
 ROUTING_HELP = ("each batch is split at its median entropy, so images depend on --batch-size (a batch of one "

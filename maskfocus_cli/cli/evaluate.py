@@ -156,8 +156,8 @@ def evaluate(ctx, bench, images_dir, prompt_file, categories, model_spec, checkp
             metadata = load_geneval_metadata(prompt_file, colors=GENEVAL_COLORS)
         else:
             metadata = _shapes_metadata(prompt_file, num_prompts, prompt_seed)
-        rows = sum(map(len, prompts.values())) if bench == "t2i-compbench" else len(metadata)
-        check_seed_room(seed, rows * n)
+        for listed in (prompts.values() if bench == "t2i-compbench" else [[m["prompt"] for m in metadata]]):
+            check_seed_room(seed, list(listed), n)  # T2I-CompBench numbers each category's images afresh
     out = out or images_dir or f"eval-{bench}"
     remove_if_left_empty(out)  # a failed run leaves no empty folder behind
     out_dir = ensure_writable_dir(out)

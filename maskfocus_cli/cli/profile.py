@@ -75,7 +75,7 @@ def profile_steps(prompt_args, prompts_file, model_spec, checkpoint, device, dty
     prompts, _ = read_prompts(prompt_args, prompts_file)
     settings = settings_from(steps, cfg, schedule, temperature, gumbel)
     check_profile_options(steps, top_k, n, batch_size)
-    check_seed_room(seed, len(prompts) * n)
+    check_seed_room(seed, list(prompts), n)
     if embed == "clip":  # fail on missing CLIP weights before loading any model
         if clip_weights is None:
             make_embedder("clip", None, clip_model, None)  # raises the how-to message, touches nothing

@@ -85,7 +85,7 @@ def sample(prompt_args, prompts_file, model_spec, checkpoint, device, dtype, ste
     if n < 1:
         raise ValueError(f"--n must be at least 1 (got {n})")
     settings = settings_from(steps, cfg, schedule, temperature, gumbel)
-    check_seed_room(seed, len(prompts) * n)
+    check_seed_room(seed, prompts, n)
     remove_if_left_empty(out)
     out_dir = ensure_writable_dir(out)
     check_no_earlier_run(out_dir)

@@ -86,18 +86,18 @@ def train(recipe, overrides, resume, out, explain) -> None:
     trainer.start(resume)  # folder / resume problems: a one-line error before any progress output
     # SIGTERM (Slurm pre-emption, `kill`) and a first Ctrl-C: finish the iteration, checkpoint, exit 143 / 130
     # — resumable; a second Ctrl-C aborts at once
+    main = trainer.acc.is_main_process
     stopped_by: list[int] = []
 
     def on_signal(signum, _frame) -> None:
         if signum == signal.SIGINT and trainer.stop_requested:
             raise KeyboardInterrupt
-        if signum == signal.SIGINT:
+        if signum == signal.SIGINT and main:
             stderr.print("[yellow]Ctrl-C: stopping after this iteration with a checkpoint (Ctrl-C again aborts now)")
         stopped_by.append(signum)
         trainer.stop_requested = True
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-    main = trainer.acc.is_main_process
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
                   console=stderr, disable=not main) as bar:
@@ -142,6 +142,7 @@ def train(recipe, overrides, resume, out, explain) -> None:
     if trainer.terminated:  # a signal after the last iteration changes nothing: the run ends as usual
         if main and history:  # the curve so far: a pre-empted run is looked at too
             reward_curve(history, trainer.run_dir / "reward.png", title=f"{cfg.train.algorithm} · {recipe}")
+        trainer.acc.wait_for_everyone()  # as below: no rank tears the process group down under another
         trainer.acc.end_training()
         stderr.print(f"terminated after {plural(trainer.state.iteration, 'iteration')}; continue with "
                      f"--resume latest --out {trainer.run_dir}")

@@ -16,9 +16,9 @@ maths itself stays in ``engine/grpo.py`` (pure functions, tested against hand va
 
 from __future__ import annotations
 
-import hashlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -26,13 +26,11 @@ from torch import nn
 from maskfocus_cli.engine.critical import make_embedder, make_selector, select_steps, shared_gain, trajectory_gain
 from maskfocus_cli.engine.grpo import StepLoss, mask_grpo_step_loss, maskfocus_step_loss, random_remask
 from maskfocus_cli.engine.sampling import SamplerSettings, Trajectory, step_info
+from maskfocus_cli.engine.seeds import derive_seed
 from maskfocus_cli.models.base import Cond, MaskedT2IAdapter
 
-
-def derive_seed(*parts) -> int:
-    """A 63-bit seed from any parts (stable across processes and Python versions)."""
-    h = hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=8).digest()
-    return int.from_bytes(h, "little") & ((1 << 63) - 1)
+if TYPE_CHECKING:
+    from accelerate import Accelerator
 
 
 @dataclass(frozen=True)
@@ -44,8 +42,8 @@ class UpdateContext:
     adapter: MaskedT2IAdapter
     net: nn.Module
     reference: nn.Module | None
-    acc: object  #: accelerate.Accelerator (process_index, num_processes, reduce, autocast)
-    settings: SamplerSettings
+    acc: Accelerator  #: process_index, num_processes, reduce, autocast
+    settings: SamplerSettings  #: the rollout sampler's (T, τ_t): what the recorded trajectory was sampled with
     seed: int
 
 
@@ -73,7 +71,8 @@ class Estimator(ABC):
     @abstractmethod
     def unit_loss(self, ctx: UpdateContext, sub: Trajectory, unit: Unit, cond: Cond, uncond: Cond | None,
                   settings: SamplerSettings, adv: torch.Tensor, it: int, old_logp: torch.Tensor | None) -> StepLoss:
-        """The loss sum over ``unit.rows`` at step ``unit.t``; ``old_logp`` is π_old from the first
+        """The loss sum over ``unit.rows`` at step ``unit.t``, scored with ``settings`` (the loss's: guidance as
+        ``train.loss_guidance`` says; ``ctx.settings`` are the rollout's); ``old_logp`` is π_old from the first
         inner epoch (None on it: the current log-probs detached, never a second forward)."""
 
 

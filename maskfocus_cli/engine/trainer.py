@@ -30,9 +30,10 @@ from torch import nn
 
 from maskfocus_cli.config import Recipe, flatten, to_dict
 from maskfocus_cli.engine.data import load_prompt_source, prompt_weights
-from maskfocus_cli.engine.estimators import Unit, UpdateContext, derive_seed, make_estimator
+from maskfocus_cli.engine.estimators import Unit, UpdateContext, make_estimator
 from maskfocus_cli.engine.grpo import group_advantages
 from maskfocus_cli.engine.routing import make_router
+from maskfocus_cli.engine.seeds import derive_seed
 from maskfocus_cli.engine.sampling import (PromptEncoder, SamplerSettings, Trajectory, sample,
                                            mask_counts, step_info)
 from maskfocus_cli.io.checkpoint import CheckpointError, atomic_dir, atomic_write_json, read_json, save_weights
@@ -229,8 +230,8 @@ class Trainer:
             self.prompts = load_prompt_source(recipe.data.prompts)
             self._check_vocabulary(self.prompts, "data.prompts")
             self.prompt_weights = prompt_weights(self.prompts, recipe.data.tag_weights, recipe.data.prompts)
+            self._check_metadata_for_reward(reward_fn)  # before the reward loads its weights
             self.reward = reward_fn or self._build_reward()
-            self._check_metadata_for_reward()
             # ranks route on the whole rollout batch's median entropy, as one process would
             gather = None if self.acc.num_processes == 1 else self._gather_entropies
             self.router = make_router(recipe.routing.enabled, recipe.routing.scale, recipe.routing.decay,
@@ -241,16 +242,18 @@ class Trainer:
                                       fidelity=recipe.data.caption_fidelity or None)
 
     # ------------------------------------------------------------------ set-up helpers
-    def _check_metadata_for_reward(self) -> None:
+    def _check_metadata_for_reward(self, reward_fn=None) -> None:
         """A reward that scores by GenEval metadata (``geneval``) cannot score plain prompts: say which prompt
-        file lacks them now, not after the model loaded and the first rollout (or validation) ran."""
-        if not getattr(self.reward, "needs_metadata", False):
+        file lacks them now, not after the reward's weights loaded and the first rollout (or validation) ran."""
+        from maskfocus_cli.rewards.registry import reward_factory
+        needs = getattr(reward_fn, "needs_metadata", False) if reward_fn is not None else any(
+            getattr(reward_factory(r.name), "needs_metadata", False) for r in self.recipe.rewards)
+        if not needs:
             return
         d = self.recipe.data
         sources = [("data.prompts", d.prompts, self.prompts)]
         if self.recipe.output.validate_every > 0:
-            sources.append(("data.eval_prompts", d.eval_prompts,
-                            load_prompt_source(d.eval_prompts)[:d.num_validation_prompts]))
+            sources.append(("data.eval_prompts", d.eval_prompts, self._eval_rows(d.num_validation_prompts)))
         for key, source, rows in sources:
             plain = [p for p, m in rows if m is None]
             if plain:
@@ -485,6 +488,7 @@ class Trainer:
                 raise CheckpointError(f"--resume {ckpt}: the recipe differs from the run's ({'; '.join(changes[:3])}"
                                       f"{more}); resume with the run's recipe ({self.run_dir / 'recipe.json'}) "
                                       "or start a new run with another --out")
+            self.load_checkpoint(ckpt)  # first: a checkpoint that fails to load must not cost the later ones
             if _inside(ckpt, self.run_dir) and ckpt.name.startswith("step-") and ckpt.name[5:].isdigit():
                 if self.acc.is_main_process:
                     moved = set_aside_later_checkpoints(self.run_dir, ckpt)
@@ -492,7 +496,6 @@ class Trainer:
                         self.log(f"rewinding to {ckpt.name}: the later checkpoints ({', '.join(m.name for m in moved)}) "
                                  f"moved to {self.run_dir / 'abandoned'}")
                 self.acc.wait_for_everyone()
-            self.load_checkpoint(ckpt)
             self.log(f"resumed from {ckpt} at iteration {self.state.iteration}")
         else:
             if holds_run(self.run_dir):

@@ -88,8 +88,10 @@ def model_card(card: dict, family: str) -> str:
         train = (card.get("recipe") or {}).get("train") or {}
         size = (train.get("prompts_per_iter") or 0) * (train.get("group_size") or 0)
         batch = f"{size} images" if size else "one batch"
-        lines.append(f"* rollout reward at the last iteration: {reward:.4f} ({batch} of one iteration, routed "
-                     "rollouts included: not a benchmark score; `maskfocus evaluate` gives that)")
+        routed = ((card.get("recipe") or {}).get("routing") or {}).get("enabled", False)
+        lines.append(f"* rollout reward at the last iteration: {reward:.4f} ({batch} of one iteration"
+                     + (", routed rollouts included" if routed else "")
+                     + ": not a benchmark score; `maskfocus evaluate` gives that)")
     flat = flat_metrics(m)
     if flat:
         last = m.get("iteration")  # metrics.jsonl numbers iterations from 0: N completed end at N - 1

@@ -84,8 +84,14 @@ def weight_variant(component: Path, stem: str) -> str | None:
     only variant weights, else None (plain or sharded weights, or nothing: from_pretrained then says so)."""
     if (component / f"{stem}.safetensors").is_file() or (component / f"{stem}.safetensors.index.json").is_file():
         return None
-    found = sorted(component.glob(f"{stem}.*.safetensors")) + sorted(component.glob(f"{stem}.*.safetensors.index.json"))
-    return found[0].name[len(stem) + 1:].split(".")[0] if found else None
+    # STEM.fp16.safetensors, STEM.fp16-00001-of-00002.safetensors, STEM.safetensors.index.fp16.json
+    pattern = re.compile(rf"^{re.escape(stem)}\."
+                         r"(?:([^.-]+)(?:-\d+-of-\d+)?\.safetensors|safetensors\.index\.([^.]+)\.json)$")
+    for p in sorted(component.iterdir()) if component.is_dir() else []:
+        m = pattern.match(p.name)
+        if m:
+            return m.group(1) or m.group(2)
+    return None
 
 
 def load_component(what: str, folder: Path, load, **kwargs):
@@ -95,7 +101,7 @@ def load_component(what: str, folder: Path, load, **kwargs):
         return load(folder, **kwargs)
     except ModelFolderError:
         raise
-    except (OSError, ValueError, OverflowError, KeyError, TypeError, RuntimeError) as e:
+    except (OSError, ValueError, OverflowError, KeyError) as e:  # what a missing or broken file raises
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise ModelFolderError(f"{folder}: cannot load the {what} ({type(e).__name__}: {first}); the pipeline "
                                "folder is incomplete or broken — download that component again") from None

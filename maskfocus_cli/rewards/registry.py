@@ -114,6 +114,16 @@ def _build(name: str, factory: Any, options: dict) -> RewardFn:
     return factory(**options)
 
 
+def reward_factory(name: str) -> Any:
+    """What ``make_reward(name)`` would call, without calling it: class attributes such as ``needs_metadata``
+    can be read before a reward loads its weights. None for an unknown name (make_reward says so)."""
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    if name in _BUILTIN:
+        return _import_attr(_BUILTIN[name])
+    return _import_attr(name) if ":" in name else None
+
+
 def make_reward(name: str, **options: Any) -> RewardFn:
     """Build a reward from a registered name or a ``"pkg.module:attr"`` dotted path."""
     if name in _REGISTRY:

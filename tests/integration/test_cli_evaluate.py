@@ -493,3 +493,10 @@ def test_a_run_resumes_from_another_working_directory(tiny_shapes, tmp_path, mon
     again = invoke("--bench", "shapes", "--model", "shapes:models/tiny", *FAST, "--out", "EV")
     assert again.exit_code == 0, again.output
     assert stdout_json(again)["newly_scored"] == 0 and scores(stdout_json(again)) == scores(stdout_json(first))
+    # a record written before paths were made absolute still resumes from its own directory
+    info = json.loads((tmp_path / "EV" / "run.json").read_text())
+    info["generator"]["model"] = "shapes:models/tiny"
+    (tmp_path / "EV" / "run.json").write_text(json.dumps(info))
+    old = invoke("--bench", "shapes", "--model", "shapes:models/tiny", *FAST, "--out", "EV")
+    assert old.exit_code == 0, old.output
+    assert stdout_json(old)["newly_scored"] == 0

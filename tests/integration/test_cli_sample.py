@@ -144,7 +144,7 @@ def test_bad_input(tmp_path, tiny_shapes_dir, monkeypatch):
         (["sample", PROMPT, "--model", model, "--seed", -1, "--out", out], None, "--seed must be an integer"),
         # image 1's seed would be 2**63, which --seed refuses: no printed seed may be unusable
         (["sample", PROMPT, "--model", model, "--seed", 2**63 - 1, "--n", 2, "--out", out], None,
-         f"--seed {2**63 - 1} leaves no room for 2 images"),
+         f"--seed {2**63 - 1} leaves no room for the image seeds (they run up to --seed + 1"),
         (["sample", PROMPT, "--model", model, "--steps", 2000, "--out", out], None, "use at most 64 steps"),
         (["sample", PROMPT, "--model", model, "--out", out / "a" / "b", "--checkpoint", tmp_path / "nope"], None,
          "checkpoint not found"),

@@ -126,3 +126,10 @@ def test_set_reaches_into_a_list_by_position(tmp_path):
     assert (r.rewards[1].name, r.rewards[1].weight) == ("brightness", 0.5)
     with pytest.raises(ConfigError, match=r"--set rewards\.2\.weight: '2' is not a position in that list \(0…1\)"):
         load_recipe(p, ["rewards.2.weight=1"])
+
+
+def test_yaml_merge_keys_still_work_and_may_be_overridden(tmp_path):
+    # a merged key overridden by one written beside it is not "given twice"
+    p = write(tmp_path, "m.yaml", "train:\n  <<: {lr: 1.0e-5, group_size: 6}\n  lr: 2.0e-5\n")
+    r = load_recipe(p)
+    assert (r.train.lr, r.train.group_size) == (2e-5, 6)

@@ -72,17 +72,18 @@ def test_mask_grpo_replays_the_rollout_step_noise_in_its_remask_term(tiny_shapes
     cond, uncond = adapter.encode_prompts(prompts), adapter.encode_prompts(["", ""])
     traj = sample(adapter, cond, uncond, [0, 1], settings, record=True).trajectory
     c = UpdateContext(adapter, adapter.transformer, None, _OneRank(), settings, seed=0)
-    unit = Unit(0, 0, torch.arange(2), torch.arange(2))
     loss_settings = SamplerSettings(steps=4, guidance_scale=1.0)
 
-    def logp(remask: bool) -> torch.Tensor:
+    def logp(remask: bool, t: int) -> torch.Tensor:
         est = MaskGRPOEstimator(0, remask, 0.1, 0.2)
+        unit = Unit(0, t, torch.arange(2), torch.arange(2))
         return est.unit_loss(c, traj, unit, cond, uncond, loss_settings, torch.ones(2), 0, None).logp
 
-    with torch.no_grad():
-        all_lp = step_log_probs(adapter, traj.states[0], cond, uncond, step_info(0, 4, adapter.num_tokens,
-                                traj.counts), loss_settings)
-    stayed = (traj.states[0] == adapter.mask_id) & (traj.states[1] == adapter.mask_id)
-    term = torch.where(stayed, log_prob_below_cutoff(all_lp, traj.threshold[0], 2.0), torch.zeros(())).sum(1)
-    torch.testing.assert_close(logp(True) - logp(False), term, rtol=1e-4, atol=1e-4)
-    assert (term < -1e-3).all()
+    for t, tau in ((0, 2.0), (1, 2.0 * 2 / 3)):  # τ_t = linspace(2, 0) over 4 steps: the rollout's own value
+        with torch.no_grad():
+            all_lp = step_log_probs(adapter, traj.states[t], cond, uncond, step_info(t, 4, adapter.num_tokens,
+                                    traj.counts), loss_settings)
+        stayed = (traj.states[t] == adapter.mask_id) & (traj.states[t + 1] == adapter.mask_id)
+        term = torch.where(stayed, log_prob_below_cutoff(all_lp, traj.threshold[t], tau), torch.zeros(())).sum(1)
+        torch.testing.assert_close(logp(True, t) - logp(False, t), term, rtol=1e-4, atol=1e-4)
+        assert (term < -1e-3).all()

@@ -57,3 +57,11 @@ def test_a_byte_order_mark_is_not_part_of_the_first_prompt(tmp_path, monkeypatch
     assert load_prompt_source(str(jsonl))[0][0] == "a photo of a dog"
     monkeypatch.setattr("sys.stdin", io.StringIO(bom + "a photo of a circle\n"))
     assert read_prompts((), "-")[0] == ["a photo of a circle"]
+
+
+def test_seed_room_counts_a_repeated_prompt_s_continued_seeds():
+    from maskfocus_cli.cli.common import MAX_SEED, check_seed_room
+    check_seed_room(MAX_SEED - 3, ["a", "b"], 4)  # two prompts × 4 images: seeds up to --seed + 3 (exactly MAX)
+    check_seed_room(MAX_SEED, ["a"], 1)
+    with pytest.raises(ValueError, match=r"run up to --seed \+ 7, above .*use --seed 9223372036854775800"):
+        check_seed_room(MAX_SEED - 3, ["a", "a"], 4)  # the second listing continues at --seed + 4 … + 7

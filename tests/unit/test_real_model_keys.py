@@ -111,3 +111,16 @@ def test_meissonic_state_dict_matches_public_checkpoint_keys_and_shapes():
     assert sorted(set(exp) - set(ours)) == [], "keys of the public checkpoint we do not have"
     assert sorted(set(ours) - set(exp)) == [], "keys we have that the public checkpoint lacks"
     assert {k: v for k, v in ours.items() if v != exp[k]} == {}
+
+
+@pytest.mark.parametrize("names, variant", [
+    (["model.fp16.safetensors"], "fp16"),
+    (["model.fp16-00001-of-00002.safetensors", "model.fp16-00002-of-00002.safetensors"], "fp16"),  # sharded
+    (["model.safetensors.index.fp16.json"], "fp16"),
+    (["model.safetensors", "model.fp16.safetensors"], None),  # plain weights win
+    ([], None)])
+def test_weight_variant_reads_hub_variant_file_names(tmp_path, names, variant):
+    from maskfocus_cli.models.folders import weight_variant
+    for n in names:
+        (tmp_path / n).write_text("x")
+    assert weight_variant(tmp_path, "model") == variant
