@@ -54,8 +54,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3,
                     help="interleaved rounds; each figure is its best round (shared machines are noisy)")
     args = ap.parse_args()
-    if args.rounds < 1:
-        ap.error("--rounds must be at least 1")
+    for name in ("rounds", "images", "batch", "steps", "naive_images"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name.replace('_', '-')} must be at least 1")
     adapter = load_model(args.model, device="cpu")
     adapter_bf16 = load_model(args.model, device="cpu", dtype="bf16")
     settings = SamplerSettings(steps=args.steps, guidance_scale=args.cfg)
@@ -70,9 +71,10 @@ def main() -> None:
 
     def naive(a) -> float:
         t0 = time.perf_counter()
-        for j in jobs[:args.naive_images]:
+        timed = jobs[:args.naive_images]
+        for j in timed:
             naive_sample(a, j.prompt, j.seed, settings)
-        return args.naive_images / (time.perf_counter() - t0)
+        return len(timed) / (time.perf_counter() - t0)  # the images really sampled (--images may be fewer)
 
     for a in (adapter, adapter_bf16):  # warm-up
         list(generate(a, jobs[:args.batch], settings, args.batch))

@@ -5,15 +5,16 @@
 Prints, side by side from one run: update time for each estimator (β = 0 and β > 0 for
 MaskFocus), the ratio to Mask-GRPO against the targets 1.1·k/T (β = 0) and 1.5·k/T
 (β > 0, one extra reference forward per step), and the peak-memory growth of one
-update measured in a fresh process at T and 4T (it must not grow with T: states are
-replayed one step at a time).
+update measured in a fresh process at T and 4T (capped at one token per step): how far
+resident memory rises above the rollout's during the first update. It must not grow with T:
+states are replayed one step at a time.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
+import os
 import subprocess
 import sys
 import time
@@ -56,17 +57,35 @@ def update(trainer, traj, cond, uncond, adv) -> float:
     return time.perf_counter() - t0
 
 
+def _rss_mb() -> float:
+    """Resident memory now (Linux /proc), not the process's high-water mark: the rollout's own peak would
+    hide the update's under ``ru_maxrss``."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
 def memory_probe(model: str, algorithm: str, steps: int, k: int, images: int) -> None:
-    """In a fresh process: peak RSS growth (MB) caused by one update after the rollout."""
+    """In a fresh process: how far resident memory rises above its level before the first update, sampled
+    every millisecond while that update runs (the first: later ones reuse what the allocator kept)."""
     import tempfile
+    import threading
     torch.manual_seed(0)
     trainer = build(model, algorithm, steps, k, 0.0, images, tempfile.mkdtemp())
     traj, cond, uncond, adv = rollout(trainer, images)
-    update(trainer, traj, cond, uncond, adv)  # allocator warm-up
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    before = _rss_mb()
+    peak, done = [before], threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss_mb())
+            time.sleep(0.001)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
     update(trainer, traj, cond, uncond, adv)
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"growth_mb": (after - before) / 1024, "peak_mb": after / 1024}))
+    done.set()
+    watcher.join()
+    print(json.dumps({"growth_mb": max(peak[0], _rss_mb()) - before, "before_mb": before}))
 
 
 def main() -> None:
@@ -78,6 +97,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--probe", nargs=2, metavar=("ALGORITHM", "STEPS"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.images < 4 or args.images % 4:
+        ap.error("--images must be a positive multiple of 4 (groups of 4 images per prompt)")
+    if args.steps < 1 or args.k < 1 or args.repeats < 1:
+        ap.error("--steps, --k and --repeats must be at least 1")
     if args.probe:
         memory_probe(args.model, args.probe[0], int(args.probe[1]), args.k, args.images)
         return
@@ -100,16 +123,21 @@ def main() -> None:
     for name, s in times.items():
         print(f"  {name:18s} {s * 1000:8.1f} ms   ratio to mask-grpo {s / base:.3f}")
     print(f"  targets: β=0 ≤ {1.1 * k / T:.3f}   β>0 ≤ {1.5 * k / T:.3f}")
-    print("peak-memory growth of one update (fresh process each):")
+    big = min(4 * T, trainers["mask-grpo"].adapter.num_tokens)  # at most one token per step
+    print("memory one update adds above the rollout's resident set (fresh process each):")
     for algo in ("maskfocus", "mask-grpo"):
         row = []
-        for steps in (T, 4 * T):
+        for steps in (T, big):
+            # glibc keeps freed blocks (resident) and fragments with every alloc/free cycle, so a longer update
+            # looks larger without holding more live memory: make it return large blocks at once (mmap)
+            env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
             out = subprocess.run([sys.executable, __file__, "--model", args.model, "--k", str(k), "--images",
-                                  str(args.images), "--probe", algo, str(steps)], capture_output=True, text=True)
+                                  str(args.images), "--probe", algo, str(steps)], capture_output=True, text=True,
+                                 env=env)
             if out.returncode:
                 raise SystemExit(out.stderr[-2000:])
             row.append(json.loads(out.stdout.strip().splitlines()[-1]))
-        print(f"  {algo:10s} T={T}: +{row[0]['growth_mb']:.1f} MB   T={4 * T}: +{row[1]['growth_mb']:.1f} MB")
+        print(f"  {algo:10s} T={T}: +{row[0]['growth_mb']:.1f} MB   T={big}: +{row[1]['growth_mb']:.1f} MB")
 
 
 if __name__ == "__main__":

@@ -25,6 +25,8 @@ def main() -> None:
     ap.add_argument("--base", type=Path, default=None, help="summary.json of the base model (plotted at 0 min)")
     ap.add_argument("--evals", default="heldout", help="folder inside each run holding step-N evaluations")
     args, runs = parse_runs(ap)
+    if args.base and not args.base.is_file():
+        ap.error(f"--base {args.base}: not found (the base model's EVAL/summary.json)")
     base = json.loads(args.base.read_text()) if args.base else None
     curves = {}
     print("| run | step | minutes | Overall | " + " | ".join(TAGS) + " |")

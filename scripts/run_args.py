@@ -18,6 +18,10 @@ def parse_runs(ap: argparse.ArgumentParser) -> tuple[argparse.Namespace, dict[st
     labels = args.labels.split(",") if args.labels else [r.name for r in args.runs]
     if len(labels) != len(args.runs):
         ap.error(f"{len(labels)} labels for {len(args.runs)} runs")
+    if not args.labels and len(set(labels)) < len(labels):  # runs/seed0/mf, runs/seed1/mf: name by parent too
+        labels = [f"{r.parent.name}/{r.name}" for r in args.runs]
+    if len(set(labels)) < len(labels):  # one run would silently replace another in the plot and the table
+        ap.error(f"two runs share the label {next(x for x in labels if labels.count(x) > 1)!r}: pass --labels")
     runs = {}
     for label, run in zip(labels, args.runs):
         path = run / "metrics.jsonl"

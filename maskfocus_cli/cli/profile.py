@@ -104,7 +104,7 @@ def profile_steps(prompt_args, prompts_file, model_spec, checkpoint, device, dty
                              batch_size=batch_size, router=router, strip_prompts=strip_prompts,
                              on_prompt=on_prompt, on_batch=lambda k: bar.advance(task, k))
 
-    facts = {"model": model_spec, "embed": embed}
+    facts = {"model": model_spec, "embed": embed, "dtype": dtype}  # bf16 samples differ from fp32 ones
     if checkpoint:
         facts["checkpoint"] = str(checkpoint)
     if routing:  # routed images depend on their batch's composition

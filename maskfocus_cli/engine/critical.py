@@ -106,7 +106,10 @@ def step_similarity(x0: torch.Tensor, final: torch.Tensor, embed: StepEmbedder) 
     """(T, B, N) x̂0 per step + (B, N) final grid → (B, T) cosine similarity s_t."""
     e_final = embed(final)
     # one step at a time: peak memory stays O(B·D) whatever T is (embeddings can be large)
-    return torch.stack([F.cosine_similarity(embed(x0[t]), e_final, dim=-1) for t in range(x0.shape[0])], dim=1)
+    # in float64: float32 rounding over thousands of dimensions gave s = 1.00001 (a gain where there is none)
+    e_final = e_final.double()
+    return torch.stack([F.cosine_similarity(embed(x0[t]).double(), e_final, dim=-1).clamp(-1.0, 1.0).float()
+                        for t in range(x0.shape[0])], dim=1)
 
 
 def information_gain(similarity: torch.Tensor) -> torch.Tensor:

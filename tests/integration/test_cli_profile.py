@@ -145,6 +145,7 @@ def test_summary_records_what_regenerates_the_images(tiny_shapes, tmp_path):
     summary = json.loads((tmp_path / "o" / "summary.json").read_text())
     assert (summary["temperature"], summary["gumbel"], summary["routing"], summary["batch_size"]) == \
         (0.5, 1.0, True, 2)
+    assert summary["dtype"] == "fp32"
 
 
 # --------------------------------------------------------------------------- engine maths

@@ -46,3 +46,23 @@ def test_minutes_at_iteration_by_hand():
             {"validation": {}}, {"iteration": 2, "time": {"total": 60.0}}]
     # step-n is the moment n iterations are done: 30 s, then 30 + 90 s, then + 60 s
     assert minutes_at_iteration(rows) == pytest.approx({0: 0.0, 1: 0.5, 2: 2.0, 3: 3.0})
+
+
+def test_compare_script_names_runs_that_share_a_folder_name_by_their_parent(tmp_path):
+    """runs/seed0/mf and runs/seed1/mf: one used to replace the other in the plot."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+    script = Path(__file__).parents[2] / "scripts" / "compare_runs.py"
+    for seed in ("seed0", "seed1"):
+        run = tmp_path / seed / "mf"
+        run.mkdir(parents=True)
+        (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _history(5, 0.01)))
+    runs = [str(tmp_path / "seed0" / "mf"), str(tmp_path / "seed1" / "mf")]
+    ok = subprocess.run([sys.executable, str(script), *runs, "--out", str(tmp_path / "c.png")],
+                        capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    same = subprocess.run([sys.executable, str(script), *runs, "--labels", "a,a", "--out", str(tmp_path / "d.png")],
+                          capture_output=True, text=True)
+    assert same.returncode == 2 and "two runs share the label 'a'" in same.stderr
