@@ -57,8 +57,8 @@ def _bar_callback(bar, label: str):
                    "(t2i-compbench, one --category). Default: cached official file, downloaded on first use; "
                    "shapes: held-out shapes prompts.")
 @click.option("--category", "categories", multiple=True, type=click.Choice(T2I_SCORED),
-              help="T2I-CompBench category, repeatable (default: all seven scored ones; 3d_spatial needs a "
-                   "depth model).")
+              help="T2I-CompBench category, repeatable (default: all seven scored ones, or with --images the "
+                   "ones the folder holds; 3d_spatial needs a depth model).")
 @model_options
 @sampler_options
 @click.option("--n", "n", default=None, type=int,
@@ -141,6 +141,9 @@ def evaluate(ctx, bench, images_dir, prompt_file, categories, model_spec, checkp
     other = report.read_summary(compare) if compare else None  # a bad --compare fails before any work
     n = n or runner.DEFAULT_N[bench]
     cats = list(categories) or list(T2I_SCORED)
+    if images_dir is not None and bench == "t2i-compbench" and not categories:
+        # score-only: the categories the folder holds, so only their scorers need weights
+        cats = [c for c in T2I_SCORED if (Path(images_dir) / c).is_dir()] or cats
     generating = images_dir is None
 
     # prompts first: a malformed prompt file should fail before any model loads

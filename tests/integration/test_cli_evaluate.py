@@ -437,6 +437,11 @@ def test_t2i_compbench_generate_and_rescore_with_tiny_blip(tiny_shapes, tiny_bli
                    "--blip", str(tiny_blip), "--out", str(tmp_path / "R"))
     assert again.exit_code == 0, again.output
     assert stdout_json(again)["color"] == pytest.approx(summary["color"], abs=1e-6)
+    # without --category the folder's categories are scored, so only BLIP is needed (it asked for Mask2Former)
+    inferred = invoke("--bench", "t2i-compbench", "--images", str(out), "--blip", str(tiny_blip),
+                      "--out", str(tmp_path / "R2"))
+    assert inferred.exit_code == 0, inferred.output
+    assert stdout_json(inferred)["color"] == pytest.approx(summary["color"], abs=1e-6)
     # one prompt fewer: the other prompt's images would be stale; --fresh leaves exactly the new run
     prompts.write_text("a photo of a red circle\n")
     smaller = ["--bench", "t2i-compbench", "--category", "color", "--prompts", str(prompts), "--model",
