@@ -206,3 +206,15 @@ def test_showo_every_subcommand(tiny_showo, prompt_file, tmp_path, lora_rank):
     from_export = sample_bytes(f"showo:{out}", tmp_path / "a")
     assert from_export == sample_bytes(spec, tmp_path / "b", "--checkpoint", ckpt)
     assert from_export != images
+
+
+def test_evaluate_says_when_a_real_model_is_sampled_with_the_built_in_world_s_defaults(tiny_folders, tmp_path):
+    spec = f"amused:{tiny_folders['amused']}"
+    args = ["evaluate", "--bench", "shapes", "--model", spec, "--steps", 4, "--num-prompts", 2, "--n", 1,
+            "--device", "cpu"]
+    res = invoke([*args, "--out", tmp_path / "a"])
+    note = [ln for ln in res.stderr.splitlines() if ln.startswith("note: --cfg left at")]
+    assert note and "published amused evaluations use the family's own settings" in note[0]
+    assert "--steps" not in note[0]  # given
+    res = invoke([*args, "--cfg", 10, "--out", tmp_path / "b"])
+    assert "left at the built-in model's defaults" not in res.stderr
