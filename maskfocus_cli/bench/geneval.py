@@ -217,12 +217,14 @@ def summarize(results: Iterable[ImageResult]) -> dict:
     results = list(results)
     counts: dict[str, dict[str, int]] = {}
     by_prompt: dict[tuple[str, str], bool] = {}
+    by_row: dict[tuple, list[bool]] = {}  # pass@n counts each metadata row (its own n images) once
     for r in results:
         c = counts.setdefault(r.tag, {"correct": 0, "total": 0})
         c["total"] += 1
         c["correct"] += int(r.correct)
         key = (r.tag, r.prompt)
         by_prompt[key] = by_prompt.get(key, False) or r.correct
+        by_row.setdefault((r.tag, r.prompt if r.prompt_index is None else r.prompt_index), []).append(r.correct)
     order = [t for t in TAGS if t in counts] + sorted(t for t in counts if t not in TAGS)
     out: dict = {t: counts[t]["correct"] / counts[t]["total"] for t in order}
     out["overall"] = sum(out[t] for t in order) / len(order) if order else 0.0
@@ -231,17 +233,12 @@ def summarize(results: Iterable[ImageResult]) -> dict:
     out["image_accuracy"] = sum(r.correct for r in results) / len(results) if results else 0.0
     out["prompts"] = len(by_prompt)
     out["prompt_accuracy"] = sum(by_prompt.values()) / len(by_prompt) if by_prompt else 0.0
-    by_row: dict[tuple, bool] = {}  # pass@n counts each metadata row (its own n images) once
-    row_sizes: dict[tuple, int] = {}
-    for r in results:
-        key = (r.tag, r.prompt if r.prompt_index is None else r.prompt_index)
-        by_row[key] = by_row.get(key, False) or r.correct
-        row_sizes[key] = row_sizes.get(key, 0) + 1
     passed: dict[str, list[bool]] = {}
-    for (tag, _), ok in by_row.items():
-        passed.setdefault(tag, []).append(ok)
+    for (tag, _), oks in by_row.items():
+        passed.setdefault(tag, []).append(any(oks))
     pass_at = {t: sum(passed[t]) / len(passed[t]) for t in order}
     pass_at["overall"] = sum(pass_at.values()) / len(order) if order else 0.0
     out["pass_at_n"] = pass_at
-    out["images_per_row"] = next(iter(set(row_sizes.values()))) if len(set(row_sizes.values())) == 1 else None
+    sizes = {len(oks) for oks in by_row.values()}
+    out["images_per_row"] = sizes.pop() if len(sizes) == 1 else None
     return out

@@ -41,7 +41,7 @@ from maskfocus_cli.bench.layout import (geneval_prompt_dir, geneval_run_files, g
                                         t2i_sample_path, write_geneval_metadata, save_png)
 from maskfocus_cli.bench.prompts import T2I_COMPBENCH_CATEGORIES
 from maskfocus_cli.engine.generate import generate, make_jobs
-from maskfocus_cli.engine.sampling import Router, SamplerSettings
+from maskfocus_cli.engine.sampling import PromptEncoder, Router, SamplerSettings
 from maskfocus_cli.io.checkpoint import atomic_write_bytes, atomic_write_json
 from maskfocus_cli.models.base import MaskedT2IAdapter
 
@@ -175,11 +175,11 @@ _GENERATOR_DEFAULTS = {"dtype": "fp32"}
 def _local_paths_absolute(info: dict) -> dict:
     """Run records name models and weights by path; records written before paths were made absolute
     still match when resumed from their directory."""
-    from maskfocus_cli.models.loading import absolute_spec
+    from maskfocus_cli.models.loading import absolute_path, absolute_spec
     out = dict(info)
     for k in ("checkpoint", "detector", "clip", "blip"):
-        if isinstance(out.get(k), str) and Path(out[k]).expanduser().exists():
-            out[k] = str(Path(out[k]).expanduser().resolve())
+        if isinstance(out.get(k), str):
+            out[k] = absolute_path(out[k])
     if isinstance(out.get("model"), str):
         out["model"] = absolute_spec(out["model"])
     return out
@@ -355,13 +355,14 @@ def _write_all_metadata(out: Path, metadata: Sequence[dict], fresh: bool) -> Non
         write_geneval_metadata(out, i, meta)
 
 
-def _check_prompts(adapter, prompts: set[str], chunk: int = 64) -> None:
-    """Encode every prompt once (in chunks: a large text encoder need not hold them all) so that one the
-    model cannot read fails before anything is written."""
-    todo = sorted(prompts)
-    with torch.no_grad():
-        for lo in range(0, len(todo), chunk):
-            adapter.encode_prompts(todo[lo:lo + chunk])
+def _encode_all(adapter: MaskedT2IAdapter, prompts: set[str], chunk: int = 64) -> PromptEncoder:
+    """Every prompt encoded once, up front (in chunks: a large text encoder need not take them all at
+    once), so that one the model cannot read fails before anything is written; sampling then reuses the
+    cache instead of encoding again."""
+    encoder, todo = PromptEncoder(adapter), sorted(prompts)
+    for lo in range(0, len(todo), chunk):
+        encoder(todo[lo:lo + chunk])
+    return encoder
 
 
 def run_geneval_like(out: str | Path, metadata: Sequence[dict], detector: Detector, generation: Generation, *,
@@ -379,7 +380,7 @@ def run_geneval_like(out: str | Path, metadata: Sequence[dict], detector: Detect
                                                                            **generation.describe()}}
     jobs = make_jobs([m["prompt"] for m in metadata], generation.n, generation.seed, list(metadata))
     # a prompt the model cannot read (e.g. an unknown word) fails before OUT is touched
-    _check_prompts(generation.adapter, {m["prompt"] for m in metadata})
+    encoder = _encode_all(generation.adapter, {m["prompt"] for m in metadata})
     _claim_out(out, {geneval_prompt_dir(out, i) / "metadata.jsonl" for i in range(len(metadata))}
                | {geneval_sample_path(out, j.prompt_index, j.image_index) for j in jobs}, fresh)
     store = ResultsStore(out, ("prompt_index", "image_index"), run_info, fresh)
@@ -391,7 +392,7 @@ def run_geneval_like(out: str | Path, metadata: Sequence[dict], detector: Detect
     timer, sink = _Timer(), _Sink(store, len(todo), on_row, on_progress)
     if todo:
         for batch in generate(generation.adapter, todo, generation.settings, generation.batch_size,
-                              generation.router):
+                              generation.router, encoder):
             images = quantize(batch.images)
             items = []
             for k, job in enumerate(batch.jobs):
@@ -568,7 +569,7 @@ def run_t2i_compbench(out: str | Path, prompts_by_category: dict[str, Sequence[s
     n = generation.n
     plan = [(cat, make_jobs(list(prompts), n, generation.seed)) for cat, prompts in prompts_by_category.items()]
     # a prompt the model cannot read fails before OUT is touched
-    _check_prompts(generation.adapter, {p for prompts in prompts_by_category.values() for p in prompts})
+    encoder = _encode_all(generation.adapter, {p for prompts in prompts_by_category.values() for p in prompts})
     # prompts must be usable as file names
     planned = {t2i_sample_path(out / cat, j.prompt, j.prompt_index * n + j.image_index) for cat, jobs in plan
                for j in jobs}
@@ -587,7 +588,7 @@ def run_t2i_compbench(out: str | Path, prompts_by_category: dict[str, Sequence[s
         if not todo:
             continue
         for batch in generate(generation.adapter, todo, generation.settings, generation.batch_size,
-                              generation.router):
+                              generation.router, encoder):
             images = quantize(batch.images)
             items = []
             for k, job in enumerate(batch.jobs):

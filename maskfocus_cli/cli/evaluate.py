@@ -28,12 +28,6 @@ def _given(ctx: click.Context, name: str) -> bool:
     return ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP, None)
 
 
-def _where(path) -> str:
-    """A local path made absolute (hub ids and tags unchanged), as run.json records it."""
-    p = Path(str(path)).expanduser()
-    return str(p.resolve()) if p.exists() else str(path)
-
-
 def _bar_callback(bar, label: str):
     """(done, total) progress callback driving one rich task created on the first call."""
     state: dict = {}
@@ -123,7 +117,7 @@ def evaluate(ctx, bench, images_dir, prompt_file, categories, model_spec, checkp
     """
     from maskfocus_cli.bench import report, runner
     from maskfocus_cli.bench.geneval import GenEvalThresholds
-    from maskfocus_cli.models.loading import resolve_device
+    from maskfocus_cli.models.loading import absolute_path, resolve_device
 
     if n is not None and n < 1:
         raise ValueError(f"--n must be at least 1 (got {n})")
@@ -179,13 +173,13 @@ def evaluate(ctx, bench, images_dir, prompt_file, categories, model_spec, checkp
         arch = clip_arch or DEFAULT_CLIP_ARCH["geneval"]
         detector = runner.geneval_detector(detector_path, clip, arch, device=dev, score_threshold=thr.score,
                                            max_per_class=thr.max_objects)
-        scorer_info = {"detector": _where(detector_path), "clip": _where(clip), "clip_arch": arch,
+        scorer_info = {"detector": absolute_path(detector_path), "clip": absolute_path(clip), "clip_arch": arch,
                        "thresholds": dataclasses.asdict(thr)}
     else:
         arch = clip_arch or DEFAULT_CLIP_ARCH["t2i-compbench"]
         scorers = _t2i_scorers(cats, blip_path, detector_path, clip, arch, dev, complex_spatial, complex_action)
-        scorer_info = {"blip": _where(blip_path), "detector": _where(detector_path), "clip": _where(clip),
-                       "clip_arch": arch}
+        scorer_info = {"blip": absolute_path(blip_path), "detector": absolute_path(detector_path),
+                       "clip": absolute_path(clip), "clip_arch": arch}
 
     if generating:
         from maskfocus_cli.engine.routing import make_router
@@ -203,8 +197,8 @@ def evaluate(ctx, bench, images_dir, prompt_file, categories, model_spec, checkp
         generation = runner.Generation(adapter, settings, n=n, seed=seed, batch_size=batch_size,
                                        router=make_router(routing))
         # absolute paths: a resume from another working directory (a requeued job) is the same run
-        model_info = {"model": absolute_spec(model_spec), "checkpoint": _where(checkpoint) if checkpoint else None,
-                      "dtype": dtype}
+        model_info = {"model": absolute_spec(model_spec),
+                      "checkpoint": absolute_path(checkpoint) if checkpoint else None, "dtype": dtype}
 
     bar = progress()
     try:

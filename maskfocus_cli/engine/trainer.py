@@ -493,8 +493,9 @@ class Trainer:
                 if self.acc.is_main_process:
                     moved = set_aside_later_checkpoints(self.run_dir, ckpt)
                     if moved:
-                        self.log(f"rewinding to {ckpt.name}: the later checkpoints ({', '.join(m.name for m in moved)}) "
-                                 f"moved to {self.run_dir / 'abandoned'}")
+                        names = ", ".join(m.name for m in moved)
+                        self.log(f"rewinding to {ckpt.name}: the later checkpoints ({names}) moved to "
+                                 f"{self.run_dir / 'abandoned'}")
                 self.acc.wait_for_everyone()
             self.log(f"resumed from {ckpt} at iteration {self.state.iteration}")
         else:
@@ -603,8 +604,10 @@ class Trainer:
         self._after_optimizer_step(it)
         loss_value = float(loss.detach())
         if world > 1:  # the whole batch's numbers, as one process would log them (ranks hold equal shares)
-            stats = {k: self._rank_mean(torch.tensor(float(v), dtype=torch.float64)) for k, v in stats.items()}
-            loss_value = self._rank_mean(torch.tensor(loss_value, dtype=torch.float64))
+            keys = list(stats)  # one all-reduce for all of them, not one per number
+            vals = torch.tensor([loss_value] + [float(stats[k]) for k in keys], dtype=torch.float64)
+            vals = self.acc.reduce(vals.to(self.acc.device), "mean").cpu().tolist()
+            loss_value, stats = vals[0], dict(zip(keys, vals[1:]))
         return {"loss": loss_value, **stats, "grad_norm": grad_norm, "time": {"total": time.perf_counter() - t0}}
 
     def _clip(self) -> float:

@@ -36,6 +36,13 @@ def absolute_spec(spec: str) -> str:
     return spec
 
 
+def absolute_path(path: str | Path) -> str:
+    """A local path made absolute (hub ids and tags unchanged), so a record of it still points there from
+    another working directory."""
+    p = Path(str(path)).expanduser()
+    return str(p.resolve()) if p.exists() else str(path)
+
+
 def resolve_device(device: str = "auto") -> torch.device:
     """'auto' | 'cpu' | 'cuda' | 'cuda:N' → a usable device, or a ValueError the CLI shows in one line
     (the value comes from --device or a recipe's model.device, so the message names neither flag)."""
