@@ -118,7 +118,8 @@ class TrainConfig:
                           min=0, max=0.999)
     clip_high: float = opt(0.2, "ε_high of the asymmetric ratio clip", min=0)
     reduction_steps: int = opt(0, "mask-grpo: optimise only the first R steps (0 = all T)", min=0)
-    remask_term: bool = opt(False, "mask-grpo: add log P(re-masked tokens fall below the cut-off)")
+    remask_term: bool = opt(False, "mask-grpo: add log P(re-masked tokens fall below the cut-off); needs "
+                            "loss_guidance under CFG (the cut-offs are guided confidences)")
     loss_guidance: bool = opt(False, "score the loss with the rollout's CFG (else the conditional branch only, "
                               "as the official MaskFocus code does; under CFG the KL blew up in every probe)")
     seed: int = opt(0, "global seed (prompts, rollouts, step selection)")

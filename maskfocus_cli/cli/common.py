@@ -108,25 +108,33 @@ class CheckedFloat(click.ParamType):
         return x
 
 
-def sampler_options(f: Callable, steps: int = 16) -> Callable:
-    """--steps / --cfg / --schedule / --temperature / --gumbel."""
-    f = click.option("--gumbel", "gumbel", default=2.0, show_default=True, type=CheckedFloat(0.0),
-                     help="Start of the annealed Gumbel noise on confidences (0 = greedy re-masking).")(f)
+def sampler_options(f: Callable) -> Callable:
+    """--steps / --cfg / --schedule / --temperature / --gumbel; the first three default to the model family's own
+    settings (``models/sampler_defaults.py``), resolved by ``settings_from``."""
+    from maskfocus_cli.models.sampler_defaults import defaults_help
+    family = "[default: the model family's own"
+    f = click.option("--gumbel", "gumbel", default=None, type=CheckedFloat(0.0),
+                     help=f"Start of the annealed Gumbel noise on confidences (0 = greedy re-masking) {family}].")(f)
     f = click.option("--temperature", default=1.0, show_default=True, type=CheckedFloat(0.0, strict=True),
                      help="Logit temperature of token sampling.")(f)
     f = click.option("--schedule", default="cosine", show_default=True, type=click.Choice(["cosine", "linear"]),
                      help="Mask-ratio schedule.")(f)
-    f = click.option("--cfg", default=3.0, show_default=True, type=CheckedFloat(),
-                     help="Classifier-free guidance scale (form set by the model family).")(f)
-    f = click.option("--steps", default=steps, show_default=True, type=int, help="Unmasking steps T.")(f)
+    f = click.option("--cfg", default=None, type=CheckedFloat(),
+                     help=f"Classifier-free guidance scale, in the family's form {family}].")(f)
+    f = click.option("--steps", default=None, type=CheckedInt(1),
+                     help=f"Unmasking steps T {family}; steps / cfg / gumbel: {defaults_help()}].")(f)
     return f
 
 
-def settings_from(steps: int, cfg: float, schedule: str, temperature: float, gumbel: float) -> SamplerSettings:
-    if steps < 1:
-        raise ValueError(f"--steps must be at least 1 (got {steps})")
-    return SamplerSettings(steps=steps, guidance_scale=cfg, schedule=schedule, logit_temperature=temperature,
-                           gumbel_temperature=gumbel)
+def settings_from(model_spec: str, steps: int | None, cfg: float | None, schedule: str, temperature: float,
+                  gumbel: float | None) -> SamplerSettings:
+    """The sampler settings: what was given, else the model family's own (known from the spec, before loading)."""
+    from maskfocus_cli.models.sampler_defaults import family_sampler
+    d = family_sampler(model_spec)
+    return SamplerSettings(steps=d.steps if steps is None else steps,
+                           guidance_scale=d.guidance_scale if cfg is None else cfg, schedule=schedule,
+                           logit_temperature=temperature,
+                           gumbel_temperature=d.gumbel_temperature if gumbel is None else gumbel)
 
 
 def read_prompts(args: tuple[str, ...], prompts_file: str | None) -> tuple[list[str], list[dict | None]]:

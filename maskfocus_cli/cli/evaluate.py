@@ -142,7 +142,7 @@ def evaluate(ctx, bench, images_dir, prompt_file, categories, model_spec, checkp
 
     # prompts first: a malformed prompt file should fail before any model loads
     if generating:
-        settings = settings_from(steps, cfg, schedule, temperature, gumbel)
+        settings = settings_from(model_spec, steps, cfg, schedule, temperature, gumbel)
         if bench == "t2i-compbench":
             if prompt_file is not None and len(cats) != 1:
                 raise ValueError("--prompts selects one category's prompt file: pass exactly one --category")
@@ -186,13 +186,6 @@ def evaluate(ctx, bench, images_dir, prompt_file, categories, model_spec, checkp
         from maskfocus_cli.engine.sampling import mask_counts
         from maskfocus_cli.models.loading import absolute_spec, load_model
         adapter = load_model(model_spec, checkpoint, device, dtype)
-        left = {flag: value for flag, name, value in (("--steps", "steps", f"{settings.steps} steps"),
-                                                      ("--cfg", "cfg", f"CFG {settings.guidance_scale:g}"))
-                if not _given(ctx, name)}
-        if adapter.family != "shapes" and left:  # the defaults are the built-in world's, not this family's
-            stderr.print(f"note: {' and '.join(left)} left at the built-in model's defaults "
-                         f"({', '.join(left.values())}); published {adapter.family} evaluations use the family's "
-                         "own settings: pass them to compare with those numbers", highlight=False, soft_wrap=True)
         mask_counts(adapter.num_tokens, settings.steps, settings.schedule)  # more steps than tokens: fail now
         generation = runner.Generation(adapter, settings, n=n, seed=seed, batch_size=batch_size,
                                        router=make_router(routing))

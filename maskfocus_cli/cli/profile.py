@@ -73,8 +73,8 @@ def profile_steps(prompt_args, prompts_file, model_spec, checkpoint, device, dty
     from maskfocus_cli.models.loading import load_model
 
     prompts, _ = read_prompts(prompt_args, prompts_file)
-    settings = settings_from(steps, cfg, schedule, temperature, gumbel)
-    check_profile_options(steps, top_k, n, batch_size)
+    settings = settings_from(model_spec, steps, cfg, schedule, temperature, gumbel)
+    check_profile_options(settings.steps, top_k, n, batch_size)
     check_seed_room(seed, list(prompts), n)
     if embed == "clip":  # fail on missing CLIP weights before loading any model
         if clip_weights is None:

@@ -84,7 +84,7 @@ def sample(prompt_args, prompts_file, model_spec, checkpoint, device, dtype, ste
     prompts, metas = read_prompts(prompt_args, prompts_file)
     if n < 1:
         raise ValueError(f"--n must be at least 1 (got {n})")
-    settings = settings_from(steps, cfg, schedule, temperature, gumbel)
+    settings = settings_from(model_spec, steps, cfg, schedule, temperature, gumbel)
     check_seed_room(seed, prompts, n)
     remove_if_left_empty(out)
     out_dir = ensure_writable_dir(out)
@@ -106,8 +106,9 @@ def sample(prompt_args, prompts_file, model_spec, checkpoint, device, dtype, ste
             for k, job in enumerate(batch.jobs):
                 path = image_path(out_dir, layout, job.prompt_index, job.image_index)
                 save_png(batch.images[k], path)
-                row = {"path": str(path), "prompt": job.prompt, "seed": job.seed, "steps": steps, "cfg": cfg,
-                       "schedule": schedule, "temperature": temperature, "gumbel": gumbel,
+                row = {"path": str(path), "prompt": job.prompt, "seed": job.seed, "steps": settings.steps,
+                       "cfg": settings.guidance_scale, "schedule": schedule, "temperature": temperature,
+                       "gumbel": settings.gumbel_temperature,
                        "model": model_spec, "dtype": dtype}
                 if checkpoint:
                     row["checkpoint"] = str(checkpoint)

@@ -27,7 +27,7 @@ from maskfocus_cli.engine.critical import make_embedder, make_selector, select_s
 from maskfocus_cli.engine.grpo import StepLoss, mask_grpo_step_loss, maskfocus_step_loss, random_remask
 from maskfocus_cli.engine.sampling import SamplerSettings, Trajectory, step_info
 from maskfocus_cli.engine.seeds import derive_seed
-from maskfocus_cli.models.base import Cond, MaskedT2IAdapter
+from maskfocus_cli.models.base import Cond, MaskedT2IAdapter, guidance_active
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -151,6 +151,13 @@ def make_estimator(recipe, adapter: MaskedT2IAdapter, steps: int) -> Estimator:
     """The estimator a recipe names (``train.algorithm``), checked against the rollout's ``steps``."""
     cfg, crit = recipe.train, recipe.critical
     if cfg.algorithm == "mask-grpo":
+        guided = adapter is not None and guidance_active(recipe.sampler.guidance_scale, adapter.guidance_form)
+        if cfg.remask_term and guided and not cfg.loss_guidance:
+            # the cut-offs are confidences under the rollout's CFG; conditional-branch log-probs are on
+            # another scale (sharper or flatter), so P(stay masked) would be computed for the wrong event
+            raise ValueError("train.remask_term compares with cut-offs the rollout drew under CFG, but the loss "
+                             "scores the conditional branch only: set train.loss_guidance: true (or sample "
+                             "without CFG)")
         return MaskGRPOEstimator(cfg.reduction_steps, cfg.remask_term, cfg.clip_low, cfg.clip_high)
     if cfg.algorithm == "maskfocus":
         if crit.selector != "all" and crit.k > steps:

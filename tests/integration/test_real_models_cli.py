@@ -208,13 +208,17 @@ def test_showo_every_subcommand(tiny_showo, prompt_file, tmp_path, lora_rank):
     assert from_export != images
 
 
-def test_evaluate_says_when_a_real_model_is_sampled_with_the_built_in_world_s_defaults(tiny_folders, tmp_path):
+def test_a_real_model_is_sampled_with_its_family_s_own_settings_unless_given(tiny_folders, tmp_path):
+    """aMUSEd at the built-in world's CFG 3 would score below its published numbers: what is not given comes from
+    diffusers' AmusedPipeline defaults (CFG 10, noise 2 → 0), and what is given wins."""
     spec = f"amused:{tiny_folders['amused']}"
     args = ["evaluate", "--bench", "shapes", "--model", spec, "--steps", 4, "--num-prompts", 2, "--n", 1,
             "--device", "cpu"]
-    res = invoke([*args, "--out", tmp_path / "a"])
-    note = [ln for ln in res.stderr.splitlines() if ln.startswith("note: --cfg left at")]
-    assert note and "published amused evaluations use the family's own settings" in note[0]
-    assert "--steps" not in note[0]  # given
-    res = invoke([*args, "--cfg", 10, "--out", tmp_path / "b"])
-    assert "left at the built-in model's defaults" not in res.stderr
+    invoke([*args, "--out", tmp_path / "a"])
+    sampler = json.loads((tmp_path / "a" / "summary.json").read_text())["sampler"]
+    assert (sampler["steps"], sampler["guidance_scale"], sampler["gumbel_temperature"]) == (4, 10.0, 2.0)
+    invoke([*args, "--cfg", 2.5, "--gumbel", 0, "--out", tmp_path / "b"])
+    sampler = json.loads((tmp_path / "b" / "summary.json").read_text())["sampler"]
+    assert (sampler["guidance_scale"], sampler["gumbel_temperature"]) == (2.5, 0.0)
+    row = json_rows(invoke(["sample", "a red circle", "--model", spec, "--device", "cpu", "--out", tmp_path / "s"]))[0]
+    assert (row["steps"], row["cfg"], row["gumbel"]) == (12, 10.0, 2.0)  # every default: the pipeline's

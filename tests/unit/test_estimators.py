@@ -87,3 +87,18 @@ def test_mask_grpo_replays_the_rollout_step_noise_in_its_remask_term(tiny_shapes
         term = torch.where(stayed, log_prob_below_cutoff(all_lp, traj.threshold[t], tau), torch.zeros(())).sum(1)
         torch.testing.assert_close(logp(True, t) - logp(False, t), term, rtol=1e-4, atol=1e-4)
         assert (term < -1e-3).all()
+
+
+def test_mask_grpo_remask_term_needs_the_rollout_guidance_in_the_loss(tiny_shapes_dir):
+    """The cut-offs are confidences under the rollout's CFG: scoring P(stay masked) with the conditional branch
+    alone would compare two different scales, so that combination is refused, and the matching ones build."""
+    from maskfocus_cli.models.loading import load_model
+    adapter = load_model(f"shapes:{tiny_shapes_dir}", device="cpu")
+
+    def r(**kw):
+        sampler = {"guidance_scale": kw.pop("cfg", 3.0)}
+        return build(Recipe, {"sampler": sampler, "train": {"algorithm": "mask-grpo", "remask_term": True, **kw}})
+    with pytest.raises(ValueError, match="set train.loss_guidance: true"):
+        make_estimator(r(loss_guidance=False), adapter, steps=16)
+    assert make_estimator(r(loss_guidance=True), adapter, steps=16).remask_term
+    assert make_estimator(r(loss_guidance=False, cfg=1.0), adapter, steps=16).remask_term  # no CFG: same scale

@@ -1,0 +1,29 @@
+"""models/sampler_defaults.py + cli/common.settings_from: options not given come from the model family."""
+
+from __future__ import annotations
+
+import pytest
+
+from maskfocus_cli.cli.common import settings_from
+from maskfocus_cli.models.sampler_defaults import FAMILY_SAMPLERS, defaults_help, family_sampler
+
+
+def test_each_family_samples_as_its_official_code_does():
+    # aMUSEd: diffusers AmusedPipeline (12 steps, CFG 10, temperature (2, 0)); Meissonic: inference.py (64, 9);
+    # Show-o: README 512 px (50 steps, w = 5, temperature 1.0); the built-in world: its recipes (16, 3, 2)
+    got = {f: (d.steps, d.guidance_scale, d.gumbel_temperature) for f, d in FAMILY_SAMPLERS.items()}
+    assert got == {"shapes": (16, 3.0, 2.0), "amused": (12, 10.0, 2.0), "meissonic": (64, 9.0, 2.0),
+                   "showo": (50, 5.0, 1.0)}
+    assert family_sampler("amused:/some/dir") is FAMILY_SAMPLERS["amused"]
+    assert "aMUSEd 12 / 10 / 2" in defaults_help() and "Show-o 50 / 5 / 1" in defaults_help()
+
+
+def test_given_options_win_and_the_rest_come_from_the_family():
+    s = settings_from("showo:/m", None, None, "linear", 0.5, None)
+    assert (s.steps, s.guidance_scale, s.gumbel_temperature, s.schedule, s.logit_temperature) == \
+        (50, 5.0, 1.0, "linear", 0.5)
+    s = settings_from("meissonic:/m", 32, 0.0, "cosine", 1.0, 0.0)
+    assert (s.steps, s.guidance_scale, s.gumbel_temperature) == (32, 0.0, 0.0)
+    assert settings_from("shapes", None, None, "cosine", 1.0, None).steps == 16
+    with pytest.raises(ValueError, match="unknown model spec"):
+        settings_from("dalle:/m", None, None, "cosine", 1.0, None)
