@@ -42,12 +42,15 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class SamplerConfig:
-    steps: int = opt(16, "T, number of unmasking steps", min=1)
-    guidance_scale: float = opt(3.0, "classifier-free guidance w (formula given by the model family)", min=0)
+    steps: int | None = opt(None, "T, number of unmasking steps (null: the model family's own, as for `maskfocus "
+                                   "sample`: shapes 16, aMUSEd 12, Meissonic 64, Show-o 50)", min=1)
+    guidance_scale: float | None = opt(None, "classifier-free guidance w, formula given by the model family (null: "
+                                             "the family's own: shapes 3, aMUSEd 10, Meissonic 9, Show-o 5)", min=0)
     schedule: str = opt("cosine", "mask-ratio schedule", choices=("cosine", "linear"))
     logit_temperature: float = opt(1.0, "τ_logit in p = softmax(logits / τ_logit); a routed (exploring) token "
                                         "divides by τ_logit × its routing temperature", min=1e-6)
-    gumbel_temperature: float = opt(2.0, "start of the annealed Gumbel confidence noise τ_t (→ 0)", min=0)
+    gumbel_temperature: float | None = opt(None, "start of the annealed Gumbel confidence noise τ_t (→ 0); null: the "
+                                                 "family's own (Show-o 1, the others 2)", min=0)
 
 
 @dataclass(frozen=True)

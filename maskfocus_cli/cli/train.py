@@ -142,8 +142,7 @@ def train(recipe, overrides, resume, out, explain) -> None:
     if trainer.terminated:  # a signal after the last iteration changes nothing: the run ends as usual
         if main and history:  # the curve so far: a pre-empted run is looked at too
             reward_curve(history, trainer.run_dir / "reward.png", title=f"{cfg.train.algorithm} · {recipe}")
-        trainer.acc.wait_for_everyone()  # as below: no rank tears the process group down under another
-        trainer.acc.end_training()
+        trainer.close()  # as below
         stderr.print(f"terminated after {plural(trainer.state.iteration, 'iteration')}; continue with "
                      f"--resume latest --out {trainer.run_dir}")
         raise SystemExit(130 if stopped_by and stopped_by[0] == signal.SIGINT else 143)
@@ -152,10 +151,7 @@ def train(recipe, overrides, resume, out, explain) -> None:
         if history:
             reward_curve(history, trainer.run_dir / "reward.png", title=f"{cfg.train.algorithm} · {recipe}")
         stderr.print(f"[green]done[/]: {plural(trainer.state.iteration, 'iteration')} → {trainer.run_dir}")
-    # every rank waits for rank 0's grid, then tears the process group down: a rank that exits with a live
-    # gloo group can abort in its destructor ("terminate called without an active exception")
-    trainer.acc.wait_for_everyone()
-    trainer.acc.end_training()
+    trainer.close()  # every rank waits for rank 0's grid, then the process group goes down while Python is alive
 
 
 def _fmt(v: float | None) -> str:

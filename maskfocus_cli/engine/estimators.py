@@ -147,11 +147,11 @@ class MaskFocusEstimator(Estimator):
                                        self.kl_max, self.kl_estimator)
 
 
-def make_estimator(recipe, adapter: MaskedT2IAdapter, steps: int) -> Estimator:
-    """The estimator a recipe names (``train.algorithm``), checked against the rollout's ``steps``."""
-    cfg, crit = recipe.train, recipe.critical
+def make_estimator(recipe, adapter: MaskedT2IAdapter, settings: SamplerSettings) -> Estimator:
+    """The estimator a recipe names (``train.algorithm``), checked against the rollout's ``settings``."""
+    cfg, crit, steps = recipe.train, recipe.critical, settings.steps
     if cfg.algorithm == "mask-grpo":
-        guided = adapter is not None and guidance_active(recipe.sampler.guidance_scale, adapter.guidance_form)
+        guided = adapter is not None and guidance_active(settings.guidance_scale, adapter.guidance_form)
         if cfg.remask_term and guided and not cfg.loss_guidance:
             # the cut-offs are confidences under the rollout's CFG; conditional-branch log-probs are on
             # another scale (sharper or flatter), so P(stay masked) would be computed for the wrong event

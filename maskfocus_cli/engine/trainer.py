@@ -41,9 +41,15 @@ from maskfocus_cli.models.base import MaskedT2IAdapter, index_cond
 from maskfocus_cli.models.loading import absolute_spec
 
 
-def sampler_settings(cfg) -> SamplerSettings:
-    return SamplerSettings(steps=cfg.steps, guidance_scale=cfg.guidance_scale, schedule=cfg.schedule,
-                           logit_temperature=cfg.logit_temperature, gumbel_temperature=cfg.gumbel_temperature)
+def sampler_settings(cfg, model_spec: str) -> SamplerSettings:
+    """A recipe's sampler section; fields left null take the model family's own settings."""
+    from maskfocus_cli.models.sampler_defaults import family_sampler
+    d = family_sampler(model_spec)
+    return SamplerSettings(steps=d.steps if cfg.steps is None else cfg.steps,
+                           guidance_scale=d.guidance_scale if cfg.guidance_scale is None else cfg.guidance_scale,
+                           schedule=cfg.schedule, logit_temperature=cfg.logit_temperature,
+                           gumbel_temperature=d.gumbel_temperature if cfg.gumbel_temperature is None
+                           else cfg.gumbel_temperature)
 
 
 def lr_factor(it: int, warmup: int, total: int, schedule: str) -> float:
@@ -200,8 +206,10 @@ class Trainer:
         self.policy = self.adapter.transformer
         self.policy.train()
         # the policy-update strategy (which steps, which loss); None for supervised pretraining
+        self.settings = sampler_settings(recipe.sampler, recipe.model.spec)
+        self.eval_settings = sampler_settings(recipe.eval_sampler or recipe.sampler, recipe.model.spec)
         self.estimator = None if self.cfg.algorithm == "pretrain" else \
-            make_estimator(recipe, self.adapter, recipe.sampler.steps)
+            make_estimator(recipe, self.adapter, self.settings)
         self.reference = None
         if self.estimator is not None and self.estimator.uses_reference:
             # with LoRA the frozen base *is* the reference: no second copy of the weights
@@ -215,8 +223,6 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda it: lr_factor(it, self.cfg.warmup, self.cfg.iterations, self.cfg.lr_schedule))
         self.net, self.optimizer = self.acc.prepare(self.policy, self.optimizer)
-        self.settings = sampler_settings(recipe.sampler)
-        self.eval_settings = sampler_settings(recipe.eval_sampler or recipe.sampler)
         for st in (self.settings, self.eval_settings):  # too many steps for the image: refuse now, not mid-run
             mask_counts(self.adapter.num_tokens, st.steps, st.schedule)
         self.encoder = PromptEncoder(self.adapter)
@@ -849,6 +855,19 @@ class Trainer:
             valids.append(out.valid.bool().cpu())
         total, valid = torch.cat(totals), torch.cat(valids)
         return {"reward": _mean_std(total[valid]), "by_tag": reward_by_tag(total, valid, metas)}
+
+    def close(self) -> None:
+        """End the run on every rank: wait for all of them, drop the wrapped model and optimiser, tear the
+        process group down.
+
+        The DDP wrapper holds the gloo group; left alive, the group is destroyed during interpreter shutdown,
+        where its threads can abort the process ("terminate called without an active exception", about one
+        2-rank run in seven on a busy machine) after a run that finished.
+        """
+        self.acc.wait_for_everyone()
+        self.net = self.optimizer = self.scheduler = None
+        self.acc.free_memory()  # accelerate's own references to the prepared objects, then gc
+        self.acc.end_training()
 
     def sample_grid(self, name: str) -> Path | None:
         """Fixed eval prompts × 4 seeds → OUT/samples/NAME.png (main process)."""

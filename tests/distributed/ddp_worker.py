@@ -26,3 +26,4 @@ rank = trainer.acc.process_index
 state = {k: v.detach().cpu().clone() for k, v in trainer.acc.unwrap_model(trainer.net).state_dict().items()}
 torch.save({"state": state, "grads": first_grads, "history": trainer.state.history,
             "world": trainer.acc.num_processes}, f"{out}/rank{rank}.pt")
+trainer.close()

@@ -25,27 +25,27 @@ def ctx(steps: int) -> UpdateContext:
 
 
 def test_mask_grpo_scores_every_step_or_the_first_r():
-    est = make_estimator(recipe(algorithm="mask-grpo"), adapter=None, steps=12)
+    est = make_estimator(recipe(algorithm="mask-grpo"), adapter=None, settings=SamplerSettings(steps=12))
     assert isinstance(est, MaskGRPOEstimator) and not est.uses_reference
     assert est.choose_steps(ctx(12), sub=None, it=0).tolist() == list(range(12))
-    est = make_estimator(recipe(algorithm="mask-grpo", reduction_steps=5), adapter=None, steps=12)
+    est = make_estimator(recipe(algorithm="mask-grpo", reduction_steps=5), adapter=None, settings=SamplerSettings(steps=12))
     assert est.choose_steps(ctx(12), sub=None, it=0).tolist() == [0, 1, 2, 3, 4]
 
 
 def test_maskfocus_keeps_a_reference_only_with_a_kl_term_and_checks_k():
     r = build(Recipe, {"train": {"algorithm": "maskfocus", "kl_beta": 0.05}, "critical": {"selector": "random"}})
-    est = make_estimator(r, adapter=None, steps=16)
+    est = make_estimator(r, adapter=None, settings=SamplerSettings(steps=16))
     assert isinstance(est, MaskFocusEstimator) and est.uses_reference and est.embedder is None
     r0 = build(Recipe, {"train": {"kl_beta": 0.0}, "critical": {"selector": "random"}})
-    assert not make_estimator(r0, adapter=None, steps=16).uses_reference
+    assert not make_estimator(r0, adapter=None, settings=SamplerSettings(steps=16)).uses_reference
     big_k = build(Recipe, {"critical": {"selector": "random", "k": 20}})
     with pytest.raises(ValueError, match="critical.k = 20 is larger than sampler.steps = 16"):
-        make_estimator(big_k, adapter=None, steps=16)
+        make_estimator(big_k, adapter=None, settings=SamplerSettings(steps=16))
 
 
 def test_random_selector_draws_k_distinct_steps_alike_for_the_same_seed_and_iteration():
     r = build(Recipe, {"critical": {"selector": "random", "k": 3}})
-    est = make_estimator(r, adapter=None, steps=16)
+    est = make_estimator(r, adapter=None, settings=SamplerSettings(steps=16))
 
     class Sub:  # the selector needs no trajectory, only the batch size
         final = torch.zeros(4, 8, dtype=torch.long)
@@ -56,7 +56,7 @@ def test_random_selector_draws_k_distinct_steps_alike_for_the_same_seed_and_iter
 
 def test_pretraining_has_no_policy_update_estimator():
     with pytest.raises(ValueError, match="no policy-update estimator"):
-        make_estimator(recipe(algorithm="pretrain"), adapter=None, steps=16)
+        make_estimator(recipe(algorithm="pretrain"), adapter=None, settings=SamplerSettings(steps=16))
 
 
 def test_mask_grpo_replays_the_rollout_step_noise_in_its_remask_term(tiny_shapes_dir):
@@ -94,11 +94,11 @@ def test_mask_grpo_remask_term_needs_the_rollout_guidance_in_the_loss(tiny_shape
     alone would compare two different scales, so that combination is refused, and the matching ones build."""
     from maskfocus_cli.models.loading import load_model
     adapter = load_model(f"shapes:{tiny_shapes_dir}", device="cpu")
+    guided, plain = SamplerSettings(steps=16, guidance_scale=3.0), SamplerSettings(steps=16, guidance_scale=1.0)
 
-    def r(**kw):
-        sampler = {"guidance_scale": kw.pop("cfg", 3.0)}
-        return build(Recipe, {"sampler": sampler, "train": {"algorithm": "mask-grpo", "remask_term": True, **kw}})
+    def r(loss_guidance: bool) -> Recipe:
+        return recipe(algorithm="mask-grpo", remask_term=True, loss_guidance=loss_guidance)
     with pytest.raises(ValueError, match="set train.loss_guidance: true"):
-        make_estimator(r(loss_guidance=False), adapter, steps=16)
-    assert make_estimator(r(loss_guidance=True), adapter, steps=16).remask_term
-    assert make_estimator(r(loss_guidance=False, cfg=1.0), adapter, steps=16).remask_term  # no CFG: same scale
+        make_estimator(r(False), adapter, guided)
+    assert make_estimator(r(True), adapter, guided).remask_term
+    assert make_estimator(r(False), adapter, plain).remask_term  # no CFG (w = 1, Meissonic form): same scale

@@ -27,3 +27,21 @@ def test_given_options_win_and_the_rest_come_from_the_family():
     assert settings_from("shapes", None, None, "cosine", 1.0, None).steps == 16
     with pytest.raises(ValueError, match="unknown model spec"):
         settings_from("dalle:/m", None, None, "cosine", 1.0, None)
+
+
+def test_a_recipe_s_null_sampler_fields_take_the_family_s_own_and_set_ones_win():
+    from maskfocus_cli.config import Recipe, build
+    from maskfocus_cli.engine.trainer import sampler_settings
+    r = build(Recipe, {"model": {"spec": "amused:/m"}, "sampler": {"steps": 24}})
+    s = sampler_settings(r.sampler, r.model.spec)
+    assert (s.steps, s.guidance_scale, s.gumbel_temperature) == (24, 10.0, 2.0)
+    s = sampler_settings(build(Recipe, {}).sampler, "shapes")
+    assert (s.steps, s.guidance_scale, s.gumbel_temperature) == (16, 3.0, 2.0)
+
+
+def test_the_recipe_help_quotes_the_family_defaults_it_resolves_to():
+    from maskfocus_cli.config import SamplerConfig
+    helps = {f.name: f.metadata["help"] for f in __import__("dataclasses").fields(SamplerConfig)}
+    for family, name in (("amused", "aMUSEd"), ("meissonic", "Meissonic"), ("showo", "Show-o")):
+        d = FAMILY_SAMPLERS[family]
+        assert f"{name} {d.steps}" in helps["steps"] and f"{name} {d.guidance_scale:g}" in helps["guidance_scale"]
