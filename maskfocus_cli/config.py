@@ -302,6 +302,9 @@ def read_yaml(path: Path, _seen: tuple = ()) -> dict:
     """Read a recipe with its ``base:`` chain resolved (paths relative to the file)."""
     path = Path(path)
     if not path.is_file():
+        if _seen:  # a base: of another recipe
+            raise ConfigError(f"{_seen[-1]}: its base: recipe {path} was not found (base: paths are relative to "
+                              "the recipe that names them)")
         raise ConfigError(f"recipe not found: {path} (give the path to a .yaml recipe)")
     if path.resolve() in _seen:
         raise ConfigError(f"{path}: 'base:' chain loops back to itself")
@@ -312,7 +315,10 @@ def read_yaml(path: Path, _seen: tuple = ()) -> dict:
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not UTF-8 text (save the recipe as UTF-8)") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{path}{where}: not valid YAML ({problem})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a recipe must be a YAML mapping")
     base = data.pop("base", None)

@@ -409,6 +409,14 @@ def run_geneval_like(out: str | Path, metadata: Sequence[dict], detector: Detect
     return rows, summary
 
 
+def generator_facts(images_dir: Path) -> dict:
+    """How an evaluate run made the images in ``images_dir`` (model, checkpoint, sampler, n, seed), from its
+    run.json; empty for images from elsewhere. Re-scoring keeps them in the summary, so ``--compare`` still
+    notices when two runs' samples differ."""
+    facts = _read_json_or_empty(images_dir / RUN_INFO).get("generator")
+    return dict(facts) if isinstance(facts, dict) else {}
+
+
 def score_geneval_dir(images_dir: str | Path, detector: Detector, *, out: str | Path | None = None,
                       bench: str = "geneval", thresholds: GenEvalThresholds = GenEvalThresholds(),
                       scorer_info: dict | None = None, batch_size: int = 16, fresh: bool = False,
@@ -431,8 +439,8 @@ def score_geneval_dir(images_dir: str | Path, detector: Detector, *, out: str | 
     _score_files(todo, batch_size, lambda images, its: _score_geneval(detector, images, its, root, thresholds, timer),
                  timer, _Sink(store, len(todo), on_row, on_progress))
     rows = [store.rows[(it.prompt_index, it.image_index)] for it in items]
-    summary = geneval_summary(rows, bench, {"images_dir": str(root), "images_per_second_scored": timer.rate(),
-                                            "newly_scored": timer.images})
+    summary = geneval_summary(rows, bench, {**generator_facts(root), "images_dir": str(root),
+                                            "images_per_second_scored": timer.rate(), "newly_scored": timer.images})
     from maskfocus_cli.bench.report import write_summary
     write_summary(out / SUMMARY, summary)
     return rows, summary
@@ -643,8 +651,8 @@ def score_t2i_dir(images_dir: str | Path, scorers: dict[str, object], *, out: st
         _score_files([it for it in todo if it.category == cat], batch_size,
                      lambda images, its, cat=cat: _t2i_rows(scorers[cat], images, its, root, timer), timer, sink)
     rows = [store.rows[(it.category, it.idx)] for it in items]
-    summary = t2i_summary(rows, {"images_dir": str(root), "images_per_second_scored": timer.rate(),
-                                 "newly_scored": timer.images})
+    summary = t2i_summary(rows, {**generator_facts(root), "images_dir": str(root),
+                                 "images_per_second_scored": timer.rate(), "newly_scored": timer.images})
     from maskfocus_cli.bench.report import write_summary
     write_summary(out / SUMMARY, summary)
     return rows, summary

@@ -175,7 +175,12 @@ def read_prompts(args: tuple[str, ...], prompts_file: str | None) -> tuple[list[
                 prompts.append(line)
                 metas.append(None)
     prompts = [p.strip() for p in prompts]
-    if not prompts or any(not p for p in prompts):
+    if any(not p for p in prompts):
+        raise ValueError("an empty prompt was given: every prompt needs some text")
+    if not prompts and prompts_file is not None:
+        raise ValueError(f"--prompts {'stdin' if prompts_file == '-' else prompts_file} holds no prompts "
+                         "(one prompt per line, or GenEval .jsonl rows)")
+    if not prompts:
         raise ValueError("no prompts given: pass prompts as arguments, --prompts FILE, or --prompts - (stdin)")
     return prompts, metas
 

@@ -132,6 +132,12 @@ def evaluate(ctx, bench, images_dir, prompt_file, categories, model_spec, checkp
             raise ValueError(f"--images {images_dir}: {problem} (pass the folder of images to score)")
     if categories and bench != "t2i-compbench":
         raise ValueError("--category is for --bench t2i-compbench")
+    draw = [flag for name, flag in (("num_prompts", "--num-prompts"), ("prompt_seed", "--prompt-seed"))
+            if _given(ctx, name)]
+    if draw and (bench != "shapes" or prompt_file is not None):  # they would be ignored: every prompt is run
+        source = "the --metadata file" if prompt_file is not None else f"the {bench} prompt list"
+        raise ValueError(f"{' and '.join(draw)} draw from the built-in held-out shapes prompts; {source} is used "
+                         "whole (pass a shorter --metadata file for a quick check)")
     other = report.read_summary(compare) if compare else None  # a bad --compare fails before any work
     n = n or runner.DEFAULT_N[bench]
     cats = list(categories) or list(T2I_SCORED)
@@ -141,6 +147,7 @@ def evaluate(ctx, bench, images_dir, prompt_file, categories, model_spec, checkp
     generating = images_dir is None
 
     # prompts first: a malformed prompt file should fail before any model loads
+    note = None
     if generating:
         settings = settings_from(model_spec, steps, cfg, schedule, temperature, gumbel)
         if bench == "t2i-compbench":
@@ -153,6 +160,8 @@ def evaluate(ctx, bench, images_dir, prompt_file, categories, model_spec, checkp
             metadata = load_geneval_metadata(prompt_file, colors=GENEVAL_COLORS)
         else:
             metadata = _shapes_metadata(prompt_file, num_prompts, prompt_seed)
+            if prompt_file is None and num_prompts % 6:
+                note = _unbalanced_tags_note(metadata, num_prompts)
         for listed in (prompts.values() if bench == "t2i-compbench" else [[m["prompt"] for m in metadata]]):
             check_seed_room(seed, list(listed), n)  # T2I-CompBench numbers each category's images afresh
     out = out or images_dir or f"eval-{bench}"
@@ -217,6 +226,8 @@ def evaluate(ctx, bench, images_dir, prompt_file, categories, model_spec, checkp
     stderr.print(report.summary_table(summary))
     if (line := report.pass_line(summary)) is not None:
         stderr.print(line)
+    if note:  # beside the table it qualifies
+        stderr.print(note, highlight=False, soft_wrap=True)
     rate = summary.get("images_per_second_scored")
     fresh_n = summary.get("newly_scored", 0)
     resumed = summary.get("images", 0) - fresh_n
@@ -243,6 +254,20 @@ def _short(path: Path) -> str:
     """A run's name for the compare table: its folder name (OUT for OUT/summary.json)."""
     path = Path(path)
     return (path.parent if path.name == "summary.json" else path).resolve().name or str(path)
+
+
+def _unbalanced_tags_note(metadata: list[dict], num_prompts: int) -> str:
+    """Overall is the mean over the tags scored: with a --num-prompts the six tags do not share, it is not
+    the six-tag mean other runs report."""
+    from collections import Counter
+
+    from maskfocus_cli.bench.geneval import TAGS
+    counts = Counter(m["tag"] for m in metadata)
+    missing = [t for t in TAGS if not counts[t]]
+    what = f"{', '.join(missing)} get{'s' if len(missing) == 1 else ''} no prompts and overall averages the " \
+           f"{6 - len(missing)} tags scored" if missing else "the tags get unequal shares"
+    return f"note: --num-prompts {num_prompts} does not split over the 6 tags: {what}; use a multiple of 6 to " \
+           "compare with other runs"
 
 
 def _shapes_metadata(prompt_file: str | None, num_prompts: int, prompt_seed: int) -> list[dict]:

@@ -235,6 +235,7 @@ class Trainer:
         if self.cfg.algorithm != "pretrain":
             self.prompts = load_prompt_source(recipe.data.prompts)
             self._check_vocabulary(self.prompts, "data.prompts")
+            self._warn_heldout_training()
             self.prompt_weights = prompt_weights(self.prompts, recipe.data.tag_weights, recipe.data.prompts)
             self._check_metadata_for_reward(reward_fn)  # before the reward loads its weights
             self.reward = reward_fn or self._build_reward()
@@ -265,6 +266,18 @@ class Trainer:
             if plain:
                 raise ValueError(f"{key}: {source} has prompts without GenEval metadata (e.g. {plain[0]!r}), which "
                                  "the geneval reward scores by: use a GenEval .jsonl file (rows with tag/include)")
+
+    def _warn_heldout_training(self) -> None:
+        """Training on the shapes bench's held-out prompts is allowed (an overfitting probe), never silent: the
+        bench would then score prompts the run was rewarded on."""
+        if self.adapter.family != "shapes":
+            return
+        from maskfocus_cli.shapes.world import heldout_prompts
+        seen = {p for p, _ in self.prompts} & heldout_prompts()
+        if seen and self.acc.is_main_process:
+            self.log(f"warning: data.prompts ({self.recipe.data.prompts}) holds {len(seen)} held-out shapes prompts, "
+                     "which `maskfocus evaluate --bench shapes` scores: its results would not be held-out (train on "
+                     "shapes:train)")
 
     def _check_eval_prompts(self) -> None:
         """A bad ``data.eval_prompts`` fails now, not at the first grid (or after the last iteration)."""
@@ -492,8 +505,9 @@ class Trainer:
             if changes:
                 more = f" (+{len(changes) - 3} more)" if len(changes) > 3 else ""
                 raise CheckpointError(f"--resume {ckpt}: the recipe differs from the run's ({'; '.join(changes[:3])}"
-                                      f"{more}); resume with the run's recipe ({self.run_dir / 'recipe.json'}) "
-                                      "or start a new run with another --out")
+                                      f"{more}); resume with the run's recipe (maskfocus train "
+                                      f"{self.run_dir / 'recipe.json'} --out {self.run_dir} --resume latest) or "
+                                      "start a new run with another --out")
             self.load_checkpoint(ckpt)  # first: a checkpoint that fails to load must not cost the later ones
             if _inside(ckpt, self.run_dir) and ckpt.name.startswith("step-") and ckpt.name[5:].isdigit():
                 if self.acc.is_main_process:
@@ -504,6 +518,9 @@ class Trainer:
                                  f"{self.run_dir / 'abandoned'}")
                 self.acc.wait_for_everyone()
             self.log(f"resumed from {ckpt} at iteration {self.state.iteration}")
+            if not _inside(ckpt, self.run_dir):  # a branch: say where its first iterations' rows are
+                self.log(f"{self.run_dir} branches off at iteration {self.state.iteration}: its metrics.jsonl "
+                         f"starts there (the earlier rows are beside {ckpt.parent})")
         else:
             if holds_run(self.run_dir):
                 raise CheckpointError(f"{self.run_dir} already holds a run (checkpoints): continue it with --resume "

@@ -67,12 +67,26 @@ def check_base_model(spec: str, ckpt: Path) -> None:
                          f"{path}; name where it is now with --model {spec.partition(':')[0]}:DIR")
 
 
+#: what training made the exported weights, by ``train.algorithm`` (the card's title)
+TRAINED_WITH = {"pretrain": "pretrained with maskfocus (masked-token cross-entropy on rendered scenes)",
+                "maskfocus": "post-trained with MaskFocus (maskfocus)",
+                "mask-grpo": "post-trained with Mask-GRPO (maskfocus)"}
+
+
 def model_card(card: dict, family: str) -> str:
     m = card.get("final_metrics") or {}
     reward = m.get("reward", {}).get("mean") if isinstance(m.get("reward"), dict) else None
+    algorithm = card.get("algorithm")
+    start = ((card.get("recipe") or {}).get("model") or {}).get("checkpoint")
+    if start:
+        base = f"* base model: `{card['base_model']}`, training started from the checkpoint `{start}`"
+    elif algorithm == "pretrain":
+        base = f"* base model: none (random weights of the `{card['base_model']}` architecture)"
+    else:
+        base = f"* base model: `{card['base_model']}`"
     lines = [
-        f"# {family} model fine-tuned with maskfocus", "",
-        f"* base model: `{card['base_model']}`",
+        f"# {family} model {TRAINED_WITH.get(algorithm, 'trained with maskfocus')}", "",
+        base,
         f"* algorithm: `{card['algorithm']}`",
         f"* iterations completed: {card['iteration']}",
         f"* dtype: {card['dtype']}",

@@ -325,6 +325,10 @@ def load_shapes_model(folder: str | Path | None = None) -> ShapesAdapter:
     from maskfocus_cli.shapes.tokenizer import ShapesTokenizer
     folder = Path(folder) if folder is not None else builtin_model_dir()
     needed = ["config.json", "model.safetensors", "tokenizer.safetensors"]
+    if not folder.is_dir():
+        what = "is a file, not a model folder" if folder.exists() else "no such folder"
+        raise ValueError(f"--model shapes:{folder}: {what} (a folder written by `maskfocus export`, or plain "
+                         "`shapes` for the built-in model)")
     missing = [f for f in needed if not (folder / f).is_file()]
     if missing:
         raise ValueError(f"{folder} is not a shapes model folder: missing {', '.join(missing)} "

@@ -245,15 +245,19 @@ def all_prompts(split: str = "train", tags: Sequence[str] | None = None) -> list
     return [_copy_row(r) for t in tags for r in table[t]]
 
 
+def heldout_prompts() -> frozenset[str]:
+    """Every held-out prompt of the template space (the ones ``evaluate --bench shapes`` scores)."""
+    return frozenset(r["prompt"] for rows in _split_table()["heldout"].values() for r in rows)
+
+
 def prompt_split(prompt: str) -> str:
     """Which split a prompt belongs to ('heldout' or 'train').
 
     Prompts outside the template space (e.g. colour + position) fall back to the
     unstratified hash rule, so the answer is still deterministic.
     """
-    held = {r["prompt"] for rows in _split_table()["heldout"].values() for r in rows}
     train = {r["prompt"] for rows in _split_table()["train"].values() for r in rows}
-    if prompt in held:
+    if prompt in heldout_prompts():
         return "heldout"
     if prompt in train:
         return "train"

@@ -167,6 +167,9 @@ def test_score_only_reproduces_the_summary_and_compare_prints_deltas(shapes_run,
     assert rescored == original
     assert "Δ" in again.stderr and "+0.00" in again.stderr
     assert "samples differ" not in again.stderr  # the same images, re-scored: comparable
+    # re-scoring keeps how the images were made, so a later --compare against it still sees sample differences
+    made = ("model", "checkpoint", "sampler", "n", "seed")
+    assert {k: stdout_json(again)[k] for k in made} == {k: stdout_json(res)[k] for k in made}
     # the markdown names the two runs as the terminal table does: this run's folder, then --compare's
     compare = again.stderr.split("vs earlier run")[1]
     terminal = [ln.split("│")[1].strip() for ln in compare.splitlines() if ln.count("│") > 2]
@@ -505,3 +508,32 @@ def test_a_run_resumes_from_another_working_directory(tiny_shapes, tmp_path, mon
     old = invoke("--bench", "shapes", "--model", "shapes:models/tiny", *FAST, "--out", "EV")
     assert old.exit_code == 0, old.output
     assert stdout_json(old)["newly_scored"] == 0
+
+
+def test_prompt_draw_options_are_refused_where_they_would_be_ignored(tiny_shapes, tmp_path):
+    """--num-prompts / --prompt-seed draw held-out shapes prompts: with a --metadata file (or another bench)
+    every prompt is run, so a "quick check" of 50 prompts would have run them all."""
+    from maskfocus_cli.bench.runner import shapes_metadata
+    meta = tmp_path / "m.jsonl"
+    meta.write_text("".join(json.dumps(m) + "\n" for m in shapes_metadata(6, 0)))
+    model = ["--model", f"shapes:{tiny_shapes}", "--steps", "4", "--n", "1"]
+    assert_user_error(invoke("--bench", "shapes", *model, "--metadata", str(meta), "--num-prompts", "1",
+                             "--out", str(tmp_path / "A")), "--num-prompts", "the --metadata file is used whole")
+    assert_user_error(invoke("--bench", "geneval", *model, "--prompt-seed", "3", "--out", str(tmp_path / "B")),
+                      "--prompt-seed", "the geneval prompt list is used whole")
+    assert not (tmp_path / "A").exists() and not (tmp_path / "B").exists()
+
+
+def test_a_draw_that_leaves_tags_out_says_what_overall_then_means(tiny_shapes, tmp_path):
+    res = invoke("--bench", "shapes", "--model", f"shapes:{tiny_shapes}", "--steps", "4", "--n", "1",
+                 "--num-prompts", "4", "--out", str(tmp_path / "E"))
+    assert res.exit_code == 0, res.output
+    summary = stdout_json(res)
+    scored = [t for t in ("single_object", "two_object", "counting", "colors", "position", "color_attr")
+              if summary.get(t) is not None]
+    assert len(scored) == 4
+    assert "note: --num-prompts 4 does not split over the 6 tags" in res.stderr
+    assert "overall averages the 4 tags scored" in res.stderr
+    even = invoke("--bench", "shapes", "--model", f"shapes:{tiny_shapes}", "--steps", "4", "--n", "1",
+                  "--num-prompts", "6", "--out", str(tmp_path / "F"))
+    assert "does not split" not in even.stderr

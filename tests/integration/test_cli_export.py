@@ -26,7 +26,8 @@ data: {{num_eval_prompts: 0}}
     facts = json.loads(res.stdout)
     assert facts["algorithm"] == "maskfocus" and facts["iteration"] == 1
     card = (tmp_path / "model" / "README.md").read_text()
-    assert "maskfocus" in card and "base model" in card
+    assert card.startswith("# shapes model post-trained with MaskFocus (maskfocus)")
+    assert f"* base model: `shapes:{tiny_shapes_dir}`\n" in card
     # one iteration ran: the card counts it as 1 and names its metrics row, numbered from 0
     assert "* iterations completed: 1" in card and "metrics.jsonl row `iteration: 0`" in card
     # the headline reward says what it is: one iteration's 4 rollouts, not a benchmark score
@@ -99,3 +100,17 @@ def test_model_card_leads_with_the_validation_reward_when_the_run_measured_one()
     val = text.index("* validation reward at the last iteration: 0.7500")
     roll = text.index("* rollout reward at the last iteration: 0.2500 (64 images of one iteration")
     assert val < roll
+
+
+def test_the_card_says_how_the_weights_were_made():
+    """Pretraining starts from random weights and a run may start from another checkpoint: the card's title and
+    base line say so (every card read "fine-tuned with maskfocus, base model `shapes`")."""
+    from maskfocus_cli.io.export import model_card
+    card = {"base_model": "shapes", "iteration": 3, "dtype": "fp32", "source_checkpoint": "c"}
+    pre = model_card({**card, "algorithm": "pretrain", "recipe": {"model": {"checkpoint": None}}}, "shapes")
+    assert pre.startswith("# shapes model pretrained with maskfocus")
+    assert "* base model: none (random weights of the `shapes` architecture)" in pre
+    grpo = model_card({**card, "algorithm": "mask-grpo", "recipe": {"model": {"checkpoint": "runs/a/step-5"}}},
+                      "shapes")
+    assert grpo.startswith("# shapes model post-trained with Mask-GRPO")
+    assert "* base model: `shapes`, training started from the checkpoint `runs/a/step-5`" in grpo

@@ -119,7 +119,7 @@ def test_empty_prompts_one_line_exit_2(tiny_shapes, tmp_path):
     empty = tmp_path / "empty.txt"
     empty.write_text("\n  \n")
     res = run(["profile-steps", "--prompts", str(empty), "--model", tiny_shapes, "--out", str(tmp_path / "o")])
-    assert res.exit_code == 2 and "no prompts given" in res.stderr
+    assert res.exit_code == 2 and f"--prompts {empty} holds no prompts" in " ".join(res.stderr.split())
     assert len(res.stderr.strip().splitlines()) == 1
 
 

@@ -111,9 +111,14 @@ def test_bad_input(tmp_path, tiny_shapes_dir, monkeypatch):
         f.truncate(100)
     latin1 = tmp_path / "latin1.txt"
     latin1.write_bytes(b"\xff\xfe a photo of a circle\n")
+    blank = tmp_path / "blank.txt"
+    blank.write_text("\n \n")
     out = tmp_path / "never-written"
     cases = [
-        (["sample", "--prompts", "-", "--model", model], "", "no prompts"),
+        (["sample", "--prompts", "-", "--model", model], "", "--prompts stdin holds no prompts"),
+        (["sample", "--prompts", blank, "--model", model], None, f"--prompts {blank} holds no prompts"),
+        (["sample", "", "--model", model], None, "an empty prompt was given"),
+        (["sample", PROMPT, "--model", f"shapes:{tmp_path / 'no-model'}"], None, "no-model: no such folder"),
         (["sample", "a photo of a red dragon", "--model", model], None, "dragon"),
         (["sample", PROMPT, "--model", model, "--checkpoint", tmp_path / "nope"], None, "checkpoint not found"),
         (["sample", PROMPT, "--model", model, "--checkpoint", corrupt], None, "safetensors"),

@@ -393,12 +393,13 @@ def test_explain_shows_what_a_recipe_resolves_to(tmp_path, tiny_shapes_dir):
     assert res.stdout == res.output  # the table is the answer: on stdout, for grep
     assert row["train.lr"][:2] == ["0.00025", "0.0001"]  # this recipe's value, then the default
     assert row["train.kl_beta"][0] == "0.125" and row["train.group_size"][0] == "4"  # --set and base:
-    assert row["eval_sampler"][0] == "None" and row["eval_sampler.steps"][:2] == ["", "16"]  # unset section
+    assert row["eval_sampler"][0] == "None" and row["eval_sampler.steps"][:2] == ["", "None"]  # unset section
     res = CliRunner().invoke(main, ["train", str(child), "--explain", "--set", "eval_sampler={steps: 4}"],
                              env={"COLUMNS": "200"})
     row = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:-1]]
            for line in res.output.splitlines() if line.count("│") >= 4}
-    assert row["eval_sampler.steps"][:2] == ["4", "16"] and row["eval_sampler.guidance_scale"][0] == "3.0"
+    assert row["eval_sampler.steps"][:2] == ["4", "None"]  # None: the model family's own
+    assert row["eval_sampler.guidance_scale"][0] == "None"
     res = CliRunner().invoke(main, ["train", "--explain"], env={"COLUMNS": "200"})
     assert res.exit_code == 0 and "train.lr" in res.output and "eval_sampler.steps" in res.output
 
@@ -460,7 +461,7 @@ def test_a_run_folder_is_never_overwritten_or_resumed_with_another_recipe(tmp_pa
     other = recipe_file(tmp_path, tiny_shapes_dir, out="other")
     assert CliRunner().invoke(main, ["train", str(other), "--set", "train.iterations=1"]).exit_code == 0
     refused("--set", "train.iterations=3", "--resume", str(tmp_path / "other" / "checkpoints" / "step-1"),
-            message="already holds another run")
+            "--out", str(tmp_path / "r"), message="already holds another run")
     # how long it runs may change on resume
     res = CliRunner().invoke(main, ["train", str(p), "--set", "train.iterations=3", "--resume", "latest"])
     assert res.exit_code == 0, res.output
@@ -470,10 +471,18 @@ def test_a_run_folder_is_never_overwritten_or_resumed_with_another_recipe(tmp_pa
     res = CliRunner().invoke(main, ["train", str(q), "--set", "train.iterations=1", "--resume", "latest"])
     assert res.exit_code == 2 and "no checkpoint in" in res.output and "drop --resume" in res.output, res.output
     assert not (tmp_path / "new").exists()  # not even an empty run folder
-    # a checkpoint of another run may start a new folder (a branch), and one of this run's own rewinds it
+    # a checkpoint of another run may start a new folder (a branch, with --out), which says where its first rows are
+    res = CliRunner().invoke(main, ["train", str(q), "--set", "train.iterations=2", "--resume",
+                                    str(tmp_path / "other" / "checkpoints" / "step-1"), "--out", str(tmp_path / "new")])
+    assert res.exit_code == 0 and "branches off at iteration 1" in " ".join(res.stderr.split()), res.output
+    assert [json.loads(l)["iteration"] for l in (tmp_path / "new" / "metrics.jsonl").read_text().splitlines()] == [1]
+    # without --out, a run's checkpoint continues that run, whatever the recipe's output.dir says
     res = CliRunner().invoke(main, ["train", str(q), "--set", "train.iterations=2", "--resume",
                                     str(tmp_path / "other" / "checkpoints" / "step-1")])
-    assert res.exit_code == 0, res.output
+    assert res.exit_code == 0 and "branches off" not in res.stderr, res.output
+    assert [json.loads(l)["iteration"] for l in (tmp_path / "other" / "metrics.jsonl").read_text().splitlines()] \
+        == [0, 1]
+    assert (tmp_path / "other" / "checkpoints" / "step-2").is_dir()
     res = CliRunner().invoke(main, ["train", str(p), "--set", "train.iterations=3", "--resume",
                                     str(tmp_path / "r" / "checkpoints" / "step-2")])
     assert res.exit_code == 0, res.output
@@ -660,3 +669,13 @@ def test_a_reward_that_scores_by_metadata_refuses_plain_prompt_files_up_front(tm
     with pytest.raises(ValueError, match=r"data\.eval_prompts: .*plain\.txt has prompts without GenEval metadata"):
         Trainer(load_recipe(p, [f"data.eval_prompts={plain}", "output.validate_every=50"]))
     Trainer(load_recipe(p, [f"data.eval_prompts={plain}"]))  # grids only: plain prompts are fine
+
+
+def test_training_on_the_bench_s_held_out_prompts_is_said(tmp_path, tiny_shapes_dir):
+    p = recipe_file(tmp_path, tiny_shapes_dir, out="ho")
+    said = []
+    Trainer(load_recipe(p, ["data.prompts=shapes:heldout"]), log=said.append)
+    assert any(m.startswith("warning: data.prompts (shapes:heldout) holds") and "not be held-out" in m for m in said)
+    said.clear()
+    Trainer(load_recipe(p, ["data.prompts=shapes:train"]), log=said.append)
+    assert not any("held-out" in m for m in said)

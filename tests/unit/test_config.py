@@ -58,6 +58,11 @@ def test_missing_and_invalid_files(tmp_path):
         load_recipe(tmp_path / "nope.yaml")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_recipe(write(tmp_path, "x.yaml", "train: [\n"))
+    with pytest.raises(ConfigError, match=r"bad.yaml line 3: not valid YAML \(.*"):
+        load_recipe(write(tmp_path, "bad.yaml", "train:\n  lr: 1\n lr2: 2\n"))
+    child = write(tmp_path, "child.yaml", "base: shapes-maskfok.yaml\n")
+    with pytest.raises(ConfigError, match=r"child.yaml: its base: recipe .*shapes-maskfok.yaml was not found"):
+        load_recipe(child)
 
 
 def test_every_field_has_help():
