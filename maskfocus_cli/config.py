@@ -157,7 +157,8 @@ class OutputConfig:
 class Recipe:
     model: ModelConfig = opt(None, "which model to train", factory=ModelConfig)
     sampler: SamplerConfig = opt(None, "rollout sampling settings", factory=SamplerConfig)
-    eval_sampler: SamplerConfig | None = opt(None, "sampling for eval grids (default: sampler, no routing)")
+    eval_sampler: SamplerConfig | None = opt(None, "sampling for eval grids and validation (default: sampler, no "
+                                             "routing; null fields take sampler's)")
     critical: CriticalConfig = opt(None, "critical-step selection", factory=CriticalConfig)
     routing: RoutingConfig = opt(None, "dynamic routing of rollouts", factory=RoutingConfig)
     rewards: tuple = opt((), "reward components (list of {name, weight, options})")

@@ -69,10 +69,22 @@ class Generation:
             raise ValueError(f"--n must be at least 1 (got {self.n})")
 
     def describe(self) -> dict:
-        # "routing" only when on: results written without it keep resuming under the same run info
-        # (with the batch size: a routed image depends on its batch's median entropy)
-        routing = {"routing": True, "batch_size": self.batch_size} if self.router is not None else {}
-        return {"sampler": dataclasses.asdict(self.settings), "n": self.n, "seed": self.seed, **routing}
+        return generation_facts(self.settings, self.n, self.seed, self.batch_size, self.router is not None)
+
+
+def generation_facts(settings: SamplerSettings, n: int, seed: int, batch_size: int, routed: bool) -> dict:
+    """What makes a run's images what they are (recorded in run.json, compared on resume). Known before any
+    model loads, so a stale --out is refused first."""
+    # "routing" only when on: results written without it keep resuming under the same run info
+    # (with the batch size: a routed image depends on its batch's median entropy)
+    routing = {"routing": True, "batch_size": batch_size} if routed else {}
+    return {"sampler": dataclasses.asdict(settings), "n": n, "seed": seed, **routing}
+
+
+def check_same_run(out: Path, run_info: dict) -> None:
+    """Refuse an OUT holding results of a different run, before scorers and models load (minutes for real
+    ones); the results store checks again when it opens."""
+    _check_run_info(Path(out) / RUN_INFO, run_info)
 
 
 def quantize(images: torch.Tensor) -> torch.Tensor:
@@ -428,8 +440,9 @@ def score_geneval_dir(images_dir: str | Path, detector: Detector, *, out: str | 
     root = Path(images_dir)
     prompts = scan_geneval(root)
     out = Path(out) if out is not None else root
-    store = ResultsStore(out, ("prompt_index", "image_index"), {"bench": bench, "scorer": scorer_info or {}},
-                         fresh)
+    made = generator_facts(root)  # before the store opens: --fresh in place rewrites run.json
+    store = ResultsStore(out, ("prompt_index", "image_index"),
+                         {"bench": bench, "scorer": scorer_info or {}, **({"generator": made} if made else {})}, fresh)
     items = [GenEvalItem(p.index, int(path.stem), p.metadata, path) for p in prompts for path in p.images]
     store.refuse_others((it.prompt_index, it.image_index) for it in items)
     for it in items:
@@ -439,7 +452,7 @@ def score_geneval_dir(images_dir: str | Path, detector: Detector, *, out: str | 
     _score_files(todo, batch_size, lambda images, its: _score_geneval(detector, images, its, root, thresholds, timer),
                  timer, _Sink(store, len(todo), on_row, on_progress))
     rows = [store.rows[(it.prompt_index, it.image_index)] for it in items]
-    summary = geneval_summary(rows, bench, {**generator_facts(root), "images_dir": str(root),
+    summary = geneval_summary(rows, bench, {**made, "images_dir": str(root),
                                             "images_per_second_scored": timer.rate(), "newly_scored": timer.images})
     from maskfocus_cli.bench.report import write_summary
     write_summary(out / SUMMARY, summary)
@@ -640,7 +653,9 @@ def score_t2i_dir(images_dir: str | Path, scorers: dict[str, object], *, out: st
     root = Path(images_dir)
     dirs = t2i_category_dirs(root, list(scorers))
     out = Path(out) if out is not None else root
-    store = _t2i_store(out, {"bench": "t2i-compbench", "scorer": scorer_info or {}}, fresh)
+    made = generator_facts(root)  # before the store opens: --fresh in place rewrites run.json
+    store = _t2i_store(out, {"bench": "t2i-compbench", "scorer": scorer_info or {},
+                             **({"generator": made} if made else {})}, fresh)
     items = [T2IItem(cat, s.idx, s.prompt, s.path) for cat, d in dirs.items() for s in scan_t2i_compbench(d)]
     store.refuse_others((it.category, it.idx) for it in items)
     for it in items:
@@ -651,7 +666,7 @@ def score_t2i_dir(images_dir: str | Path, scorers: dict[str, object], *, out: st
         _score_files([it for it in todo if it.category == cat], batch_size,
                      lambda images, its, cat=cat: _t2i_rows(scorers[cat], images, its, root, timer), timer, sink)
     rows = [store.rows[(it.category, it.idx)] for it in items]
-    summary = t2i_summary(rows, {**generator_facts(root), "images_dir": str(root),
+    summary = t2i_summary(rows, {**made, "images_dir": str(root),
                                  "images_per_second_scored": timer.rate(), "newly_scored": timer.images})
     from maskfocus_cli.bench.report import write_summary
     write_summary(out / SUMMARY, summary)

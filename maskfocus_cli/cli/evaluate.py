@@ -171,36 +171,46 @@ def evaluate(ctx, bench, images_dir, prompt_file, categories, model_spec, checkp
         remove_if_left_empty(Path(markdown).parent)
         ensure_writable_file(markdown, "--markdown")
 
-    # scorer: weights load (or fail with how to supply them) before anything is generated
+    # what this run is, before anything loads: an --out holding another run's results is refused first
     dev = str(resolve_device(device))
     thr = GenEvalThresholds()
+    arch = clip_arch or DEFAULT_CLIP_ARCH.get(bench)
     if bench == "shapes":
-        from maskfocus_cli.shapes.detector import ShapesDetector
-        detector = ShapesDetector()
         scorer_info = {"detector": "shapes", "thresholds": dataclasses.asdict(thr)}
     elif bench == "geneval":
-        arch = clip_arch or DEFAULT_CLIP_ARCH["geneval"]
-        detector = runner.geneval_detector(detector_path, clip, arch, device=dev, score_threshold=thr.score,
-                                           max_per_class=thr.max_objects)
         scorer_info = {"detector": absolute_path(detector_path), "clip": absolute_path(clip), "clip_arch": arch,
                        "thresholds": dataclasses.asdict(thr)}
     else:
-        arch = clip_arch or DEFAULT_CLIP_ARCH["t2i-compbench"]
-        scorers = _t2i_scorers(cats, blip_path, detector_path, clip, arch, dev, complex_spatial, complex_action)
         scorer_info = {"blip": absolute_path(blip_path), "detector": absolute_path(detector_path),
                        "clip": absolute_path(clip), "clip_arch": arch}
+    run_info = {"bench": bench, "scorer": scorer_info}
+    if generating:
+        from maskfocus_cli.models.loading import absolute_spec
+        # absolute paths: a resume from another working directory (a requeued job) is the same run
+        model_info = {"model": absolute_spec(model_spec),
+                      "checkpoint": absolute_path(checkpoint) if checkpoint else None, "dtype": dtype}
+        run_info["generator"] = {**model_info, **runner.generation_facts(settings, n, seed, batch_size, routing)}
+    if not fresh:
+        runner.check_same_run(out_dir, run_info)
+
+    # scorer: weights load (or fail with how to supply them) before anything is generated
+    if bench == "shapes":
+        from maskfocus_cli.shapes.detector import ShapesDetector
+        detector = ShapesDetector()
+    elif bench == "geneval":
+        detector = runner.geneval_detector(detector_path, clip, arch, device=dev, score_threshold=thr.score,
+                                           max_per_class=thr.max_objects)
+    else:
+        scorers = _t2i_scorers(cats, blip_path, detector_path, clip, arch, dev, complex_spatial, complex_action)
 
     if generating:
         from maskfocus_cli.engine.routing import make_router
         from maskfocus_cli.engine.sampling import mask_counts
-        from maskfocus_cli.models.loading import absolute_spec, load_model
+        from maskfocus_cli.models.loading import load_model
         adapter = load_model(model_spec, checkpoint, device, dtype)
         mask_counts(adapter.num_tokens, settings.steps, settings.schedule)  # more steps than tokens: fail now
         generation = runner.Generation(adapter, settings, n=n, seed=seed, batch_size=batch_size,
                                        router=make_router(routing))
-        # absolute paths: a resume from another working directory (a requeued job) is the same run
-        model_info = {"model": absolute_spec(model_spec),
-                      "checkpoint": absolute_path(checkpoint) if checkpoint else None, "dtype": dtype}
 
     bar = progress()
     try:

@@ -109,16 +109,17 @@ def profile_steps(prompt_args, prompts_file, model_spec, checkpoint, device, dty
         facts["checkpoint"] = str(checkpoint)
     if routing:  # routed images depend on their batch's composition
         facts["batch_size"] = batch_size
-    summary = result.summary(**facts, images_per_prompt=n, seed=seed, cfg=cfg, schedule=schedule,
-                             temperature=temperature, gumbel=gumbel, routing=routing)
+    summary = result.summary(**facts, images_per_prompt=n, seed=seed,
+                             cfg=settings.guidance_scale, schedule=schedule, temperature=temperature,
+                             gumbel=settings.gumbel_temperature, routing=routing)
     atomic_write_json(out_dir / "summary.json", summary)
     size = f"{plural(len(prompts), 'prompt')} × {plural(n, 'image')}"
     write_profile_plot(result, out_dir / "profile.png",
-                       title=f"{model_spec}: T={steps}, {size}, embed={embed}"
+                       title=f"{model_spec}: T={settings.steps}, {size}, embed={embed}"
                              + (", dynamic routing" if routing else ""))
     stderr.print(profile_table(result, title=f"step profile ({size}, embed={embed}{', routing' if routing else ''})"))
     conc = summary["gain_concentration"]
-    last = candidate_steps(steps, top_k) - 1  # 0..T-3, or every step when top-k leaves no other choice
+    last = candidate_steps(settings.steps, top_k) - 1  # 0..T-3, or every step when top-k leaves no other choice
     stderr.print(f"recommended critical steps (top-{top_k} of the mean gain over steps 0..{last}): "
                  f"{summary['critical_steps']}"
                  + (f" — {conc:.0%} of the total gain" if conc is not None else ""))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-from pathlib import Path
 
 import click
 
@@ -74,8 +73,6 @@ def train(recipe, overrides, resume, out, explain) -> None:
         return
     if recipe is None:
         raise ValueError("give a recipe: maskfocus train recipes/shapes-maskfocus.yaml (see --explain)")
-    if out is None and resume not in (None, "latest") and (run := run_of_checkpoint(resume)) is not None:
-        out = str(run)  # continue the checkpoint's own run, not a copy of it under the recipe's output.dir
     overrides = list(overrides) + ([f"output.dir={out}"] if out else [])
     cfg = load_recipe(recipe, overrides)
 
@@ -155,18 +152,6 @@ def train(recipe, overrides, resume, out, explain) -> None:
             reward_curve(history, trainer.run_dir / "reward.png", title=f"{cfg.train.algorithm} · {recipe}")
         stderr.print(f"[green]done[/]: {plural(trainer.state.iteration, 'iteration')} → {trainer.run_dir}")
     trainer.close()  # every rank waits for rank 0's grid, then the process group goes down while Python is alive
-
-
-def run_of_checkpoint(checkpoint: str) -> Path | None:
-    """RUN for a checkpoint folder RUN/checkpoints/step-N of a run (one with recipe.json), else None.
-
-    Without this, ``--resume RUN/checkpoints/step-N`` trained into the recipe's ``output.dir``: a second folder
-    whose metrics started at iteration N, beside the run it came from.
-    """
-    p = Path(checkpoint).expanduser()
-    if p.parent.name == "checkpoints" and (p.parent.parent / "recipe.json").is_file():
-        return p.parent.parent
-    return None
 
 
 def _fmt(v: float | None) -> str:

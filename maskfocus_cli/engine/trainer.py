@@ -41,15 +41,19 @@ from maskfocus_cli.models.base import MaskedT2IAdapter, index_cond
 from maskfocus_cli.models.loading import absolute_spec
 
 
-def sampler_settings(cfg, model_spec: str) -> SamplerSettings:
-    """A recipe's sampler section; fields left null take the model family's own settings."""
+def sampler_settings(cfg, model_spec: str, inherit=None) -> SamplerSettings:
+    """A recipe's sampler section; fields left null take ``inherit``'s (``eval_sampler`` inherits ``sampler``'s),
+    then the model family's own settings."""
     from maskfocus_cli.models.sampler_defaults import family_sampler
     d = family_sampler(model_spec)
-    return SamplerSettings(steps=d.steps if cfg.steps is None else cfg.steps,
-                           guidance_scale=d.guidance_scale if cfg.guidance_scale is None else cfg.guidance_scale,
-                           schedule=cfg.schedule, logit_temperature=cfg.logit_temperature,
-                           gumbel_temperature=d.gumbel_temperature if cfg.gumbel_temperature is None
-                           else cfg.gumbel_temperature)
+
+    def pick(key: str):
+        for source in (cfg, inherit):
+            if source is not None and getattr(source, key) is not None:
+                return getattr(source, key)
+        return getattr(d, key)
+    return SamplerSettings(steps=pick("steps"), guidance_scale=pick("guidance_scale"), schedule=cfg.schedule,
+                           logit_temperature=cfg.logit_temperature, gumbel_temperature=pick("gumbel_temperature"))
 
 
 def lr_factor(it: int, warmup: int, total: int, schedule: str) -> float:
@@ -120,9 +124,33 @@ def _scored(recipe: dict) -> dict:
     return {**recipe, "rewards": rewards} if "rewards" in recipe else recipe
 
 
+#: sampler fields that may be null in a recipe: the model family's own value (``models/sampler_defaults.py``)
+FAMILY_FIELDS = ("steps", "guidance_scale", "gumbel_temperature")
+
+
+def _sampled(recipe: dict) -> dict:
+    """The recipe with null sampler fields as the run samples them: ``sampler`` from the model family,
+    ``eval_sampler`` from ``sampler``. A run saved with explicit values (or before the fields could be null)
+    then compares equal to the same settings left null."""
+    from maskfocus_cli.models.sampler_defaults import family_sampler
+    try:
+        family = family_sampler(str((recipe.get("model") or {}).get("spec", "shapes")))
+    except ValueError:
+        return recipe
+    sampler = dict(recipe.get("sampler") or {})
+    for key in FAMILY_FIELDS:
+        if sampler.get(key) is None:
+            sampler[key] = getattr(family, key)
+    out = {**recipe, "sampler": sampler}
+    if isinstance(recipe.get("eval_sampler"), dict):
+        out["eval_sampler"] = {**recipe["eval_sampler"], **{k: sampler[k] for k in FAMILY_FIELDS
+                                                            if recipe["eval_sampler"].get(k) is None}}
+    return out
+
+
 def recipe_changes(saved: dict, now: dict) -> list[str]:
     """'key: saved → now' for every field that differs and would change what a resumed run computes."""
-    a, b = flatten(_scored(saved)), flatten(_scored(now))
+    a, b = flatten(_scored(_sampled(saved))), flatten(_scored(_sampled(now)))
     keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and not k.startswith(RESUME_FREE))
     return [f"{k}: {a.get(k)!r} → {b.get(k)!r}" for k in keys]
 
@@ -207,7 +235,8 @@ class Trainer:
         self.policy.train()
         # the policy-update strategy (which steps, which loss); None for supervised pretraining
         self.settings = sampler_settings(recipe.sampler, recipe.model.spec)
-        self.eval_settings = sampler_settings(recipe.eval_sampler or recipe.sampler, recipe.model.spec)
+        self.eval_settings = sampler_settings(recipe.eval_sampler, recipe.model.spec, recipe.sampler) \
+            if recipe.eval_sampler is not None else self.settings
         self.estimator = None if self.cfg.algorithm == "pretrain" else \
             make_estimator(recipe, self.adapter, self.settings)
         self.reference = None
@@ -392,7 +421,11 @@ class Trainer:
             raise ValueError("every reward has weight 0, so every advantage would be 0 and nothing would train: "
                              "give at least one reward a non-zero weight")
         specs = [RewardSpec(name=r.name, weight=r.weight, options=dict(r.options)) for r in self.recipe.rewards]
-        return CompositeReward(specs)
+        reward = CompositeReward(specs)
+        for component in reward.rewards:  # a reward server that is down fails now, before any rollout
+            if hasattr(component, "preflight"):
+                component.preflight()
+        return reward
 
     # ------------------------------------------------------------------ persistence
     def save_checkpoint(self) -> Path:
@@ -483,6 +516,15 @@ class Trainer:
         if resume == "latest" and ckpt is None:  # a mistyped folder must not start a fresh multi-hour run
             raise CheckpointError(f"--resume latest: no checkpoint in {self.run_dir / 'checkpoints'} (check --out / "
                                   "output.dir, or drop --resume to start a new run there)")
+        if ckpt is not None:
+            saved = read_json(ckpt / "trainer.json").get("recipe")
+            changes = recipe_changes(saved, to_dict(self.recipe)) if isinstance(saved, dict) else []
+            if changes:
+                more = f" (+{len(changes) - 3} more)" if len(changes) > 3 else ""
+                raise CheckpointError(f"--resume {ckpt}: the recipe differs from the run's ({'; '.join(changes[:3])}"
+                                      f"{more}); resume with the run's recipe (maskfocus train "
+                                      f"{ckpt.parent.parent / 'recipe.json'} --resume {ckpt} --out {self.run_dir}) "
+                                      "or start a new run with another --out")
         if self.acc.is_main_process:  # after the resume checks: a refused --resume creates no folder
             try:
                 self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -500,14 +542,6 @@ class Trainer:
                                   "there would mix the two runs' checkpoints and metrics; choose a new --out "
                                   "(output.dir)")
         if ckpt is not None:
-            saved = read_json(ckpt / "trainer.json").get("recipe")
-            changes = recipe_changes(saved, to_dict(self.recipe)) if isinstance(saved, dict) else []
-            if changes:
-                more = f" (+{len(changes) - 3} more)" if len(changes) > 3 else ""
-                raise CheckpointError(f"--resume {ckpt}: the recipe differs from the run's ({'; '.join(changes[:3])}"
-                                      f"{more}); resume with the run's recipe (maskfocus train "
-                                      f"{self.run_dir / 'recipe.json'} --out {self.run_dir} --resume latest) or "
-                                      "start a new run with another --out")
             self.load_checkpoint(ckpt)  # first: a checkpoint that fails to load must not cost the later ones
             if _inside(ckpt, self.run_dir) and ckpt.name.startswith("step-") and ckpt.name[5:].isdigit():
                 if self.acc.is_main_process:
@@ -518,9 +552,11 @@ class Trainer:
                                  f"{self.run_dir / 'abandoned'}")
                 self.acc.wait_for_everyone()
             self.log(f"resumed from {ckpt} at iteration {self.state.iteration}")
-            if not _inside(ckpt, self.run_dir):  # a branch: say where its first iterations' rows are
-                self.log(f"{self.run_dir} branches off at iteration {self.state.iteration}: its metrics.jsonl "
-                         f"starts there (the earlier rows are beside {ckpt.parent})")
+            if not _inside(ckpt, self.run_dir):  # a branch: say where its first rows are, and how not to branch
+                source = ckpt.parent.parent
+                self.log(f"{self.run_dir} branches off {source} at iteration {self.state.iteration}: its "
+                         f"metrics.jsonl starts there (the earlier rows are in {source / 'metrics.jsonl'}); to "
+                         f"continue {source} itself, resume with --out {source}")
         else:
             if holds_run(self.run_dir):
                 raise CheckpointError(f"{self.run_dir} already holds a run (checkpoints): continue it with --resume "

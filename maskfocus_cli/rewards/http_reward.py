@@ -28,8 +28,10 @@ import base64
 import io
 import json
 import math
+import socket
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Sequence
 
@@ -94,6 +96,25 @@ class HttpReward:
             raise ValueError(f"http reward: need timeout > 0, retries >= 0, backoff >= 0 "
                              f"(got {timeout}, {retries}, {backoff})")
         self.url, self.timeout, self.retries, self.backoff = url, float(timeout), int(retries), float(backoff)
+
+    def preflight(self) -> None:
+        """Connect to the server once, with the same retries, before any rollout: a server that is down
+        fails the run in seconds, not after the first rollout batch (minutes on a big model). A TCP connect,
+        not a request: the protocol has no health route, and any server that accepts connections passes."""
+        parts = urllib.parse.urlsplit(self.url)
+        host, port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+        last: Exception | None = None
+        for attempt in range(1 + self.retries):
+            if attempt:
+                time.sleep(self.backoff * 2 ** (attempt - 1))
+            try:
+                with socket.create_connection((host, port), timeout=self.timeout):
+                    return
+            except OSError as e:
+                last = e
+        raise RewardServerError(
+            f"reward server at {self.url} cannot be reached ({1 + self.retries} attempt(s)): {last}; check that it "
+            "is running (python -m maskfocus_cli.rewards.serve ...) and the url option")
 
     def _post(self, body: bytes) -> dict:
         req = urllib.request.Request(self.url, data=body, method="POST",

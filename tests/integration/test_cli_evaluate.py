@@ -170,6 +170,13 @@ def test_score_only_reproduces_the_summary_and_compare_prints_deltas(shapes_run,
     # re-scoring keeps how the images were made, so a later --compare against it still sees sample differences
     made = ("model", "checkpoint", "sampler", "n", "seed")
     assert {k: stdout_json(again)[k] for k in made} == {k: stdout_json(res)[k] for k in made}
+    # also when re-scored in place from scratch (--fresh rewrites run.json)
+    import shutil
+    shutil.copytree(out, tmp_path / "IN")
+    in_place = invoke("--bench", "shapes", "--images", str(tmp_path / "IN"), "--fresh")
+    assert in_place.exit_code == 0, in_place.output
+    assert {k: stdout_json(in_place)[k] for k in made} == {k: stdout_json(res)[k] for k in made}
+    assert json.loads((tmp_path / "IN" / "run.json").read_text())["generator"]["seed"] == stdout_json(res)["seed"]
     # the markdown names the two runs as the terminal table does: this run's folder, then --compare's
     compare = again.stderr.split("vs earlier run")[1]
     terminal = [ln.split("│")[1].strip() for ln in compare.splitlines() if ln.count("│") > 2]
@@ -241,7 +248,7 @@ def test_fewer_prompts_into_an_earlier_run_are_refused_and_fresh_replaces_it(tin
     before = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
     smaller = [*args, "--num-prompts", "3", "--out", str(out)]
     assert_user_error(invoke(*smaller), "00003/metadata.jsonl", "--fresh", "new --out")
-    assert_user_error(invoke(*args, "--n", "1", "--out", str(out)), "00000/samples/0001.png", "--fresh")
+    assert_user_error(invoke(*args, "--n", "1", "--out", str(out)), "different run", '"n": 1', "--fresh")
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before  # refused: nothing changed
     # result rows of images that are gone are refused too (the summary would skip them; the file would not)
     import shutil
@@ -536,4 +543,19 @@ def test_a_draw_that_leaves_tags_out_says_what_overall_then_means(tiny_shapes, t
     assert "overall averages the 4 tags scored" in res.stderr
     even = invoke("--bench", "shapes", "--model", f"shapes:{tiny_shapes}", "--steps", "4", "--n", "1",
                   "--num-prompts", "6", "--out", str(tmp_path / "F"))
-    assert "does not split" not in even.stderr
+    assert even.exit_code == 0 and "does not split" not in even.stderr, even.output
+
+
+def test_a_stale_out_is_refused_before_any_model_or_scorer_loads(tiny_shapes, tmp_path, monkeypatch):
+    """Loading a real model takes minutes: an --out holding another run's results fails first."""
+    out = tmp_path / "OUT"
+    args = ["--bench", "shapes", "--model", f"shapes:{tiny_shapes}", *FAST, "--out", str(out)]
+    assert invoke(*args).exit_code == 0
+    import maskfocus_cli.models.loading as loading
+    import maskfocus_cli.shapes.detector as detector
+
+    def must_not_load(*a, **k):
+        raise AssertionError("loaded before the run was checked")
+    monkeypatch.setattr(loading, "load_model", must_not_load)
+    monkeypatch.setattr(detector, "ShapesDetector", must_not_load)
+    assert_user_error(invoke(*args, "--seed", "5"), "different run", '"seed": 5', "--fresh")

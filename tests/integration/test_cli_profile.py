@@ -148,6 +148,15 @@ def test_summary_records_what_regenerates_the_images(tiny_shapes, tmp_path):
     assert summary["dtype"] == "fp32"
 
 
+def test_without_sampler_options_the_family_s_own_settings_are_profiled_and_recorded(tiny_shapes, tmp_path):
+    res = run(["profile-steps", "a photo of a circle", "--model", tiny_shapes, "--n", "1", "--top-k", "2",
+               "--out", str(tmp_path / "o")])
+    assert res.exit_code == 0, res.output
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert (summary["cfg"], summary["gumbel"], len(summary["mean_gain"])) == (3.0, 2.0, 16)  # shapes: 16 / 3 / 2
+    assert "steps 0..13" in res.stderr  # candidates 0…T−3 of T = 16
+
+
 # --------------------------------------------------------------------------- engine maths
 def hand_profile(index, gain, sim, ent, critical):
     t = len(gain[0])

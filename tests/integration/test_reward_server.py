@@ -127,3 +127,33 @@ def test_serve_main_rejects_unknown_reward(capsys):
     with pytest.raises(SystemExit) as e:
         serve_main(["no-such-reward", "--port", "0"])
     assert e.value.code == 2 and "unknown reward" in capsys.readouterr().err
+
+
+def test_preflight_connects_once_and_a_server_that_is_down_fails_after_its_retries(server_url):
+    up = http_reward.HttpReward(server_url(ToyReward()), timeout=2.0, retries=0)
+    up.preflight()  # a running server: nothing to say
+    down = http_reward.HttpReward(f"http://127.0.0.1:{free_port()}/", timeout=0.5, retries=2, backoff=0.01)
+    t0 = time.monotonic()
+    with pytest.raises(RewardServerError, match=r"cannot be reached \(3 attempt\(s\)\)"):
+        down.preflight()
+    assert time.monotonic() - t0 >= 0.03  # the backoff ran: 0.01 + 0.02
+
+
+def test_a_run_scored_by_a_server_that_is_down_fails_before_any_rollout(tmp_path, tiny_shapes_dir):
+    from click.testing import CliRunner
+
+    from maskfocus_cli.cli import main
+    recipe = tmp_path / "r.yaml"
+    url = f"http://127.0.0.1:{free_port()}/"
+    recipe.write_text(f"""
+model: {{spec: "shapes:{tiny_shapes_dir}"}}
+sampler: {{steps: 4}}
+critical: {{k: 2}}
+rewards: [{{name: http, options: {{url: "{url}", timeout: 0.5, retries: 0}}}}]
+train: {{iterations: 1, prompts_per_iter: 2, group_size: 2}}
+output: {{dir: "{tmp_path / 'run'}"}}
+data: {{num_eval_prompts: 0}}
+""")
+    res = CliRunner().invoke(main, ["train", str(recipe)])
+    assert res.exit_code == 2 and "cannot be reached" in res.stderr and "Traceback" not in res.output, res.output
+    assert not (tmp_path / "run").exists()

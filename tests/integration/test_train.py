@@ -456,12 +456,23 @@ def test_a_run_folder_is_never_overwritten_or_resumed_with_another_recipe(tmp_pa
 
     refused("--set", "train.iterations=1", message="already holds a run")  # a fresh run into it
     refused("--set", "train.group_size=2", "--resume", "latest", message="train.group_size: 4 → 2")
+    # the refusal's hint is a command that works (recipe.json is a recipe), and a refused branch makes no folder
+    ckpt2 = tmp_path / "r" / "checkpoints" / "step-2"
+    res = CliRunner().invoke(main, ["train", str(p), "--set", "train.group_size=2", "--resume", str(ckpt2),
+                                    "--out", str(tmp_path / "branch")])
+    hint = "".join(res.output.split())
+    assert res.exit_code == 2 and "".join(f"maskfocus train {tmp_path / 'r' / 'recipe.json'} --resume {ckpt2} "
+                                          f"--out {tmp_path / 'branch'}".split()) in hint, res.output
+    assert not (tmp_path / "branch").exists()
+    res = CliRunner().invoke(main, ["train", str(tmp_path / "r" / "recipe.json"), "--resume", str(ckpt2),
+                                    "--out", str(tmp_path / "r")])
+    assert res.exit_code == 0 and "nothing to train" in res.output, res.output
     refused("--set", "train.algorithm=mask-grpo", "--resume", "latest", message="train.algorithm")
     # a checkpoint of another run is never grafted into this one
     other = recipe_file(tmp_path, tiny_shapes_dir, out="other")
     assert CliRunner().invoke(main, ["train", str(other), "--set", "train.iterations=1"]).exit_code == 0
     refused("--set", "train.iterations=3", "--resume", str(tmp_path / "other" / "checkpoints" / "step-1"),
-            "--out", str(tmp_path / "r"), message="already holds another run")
+            message="already holds another run")
     # how long it runs may change on resume
     res = CliRunner().invoke(main, ["train", str(p), "--set", "train.iterations=3", "--resume", "latest"])
     assert res.exit_code == 0, res.output
@@ -471,18 +482,18 @@ def test_a_run_folder_is_never_overwritten_or_resumed_with_another_recipe(tmp_pa
     res = CliRunner().invoke(main, ["train", str(q), "--set", "train.iterations=1", "--resume", "latest"])
     assert res.exit_code == 2 and "no checkpoint in" in res.output and "drop --resume" in res.output, res.output
     assert not (tmp_path / "new").exists()  # not even an empty run folder
-    # a checkpoint of another run may start a new folder (a branch, with --out), which says where its first rows are
-    res = CliRunner().invoke(main, ["train", str(q), "--set", "train.iterations=2", "--resume",
-                                    str(tmp_path / "other" / "checkpoints" / "step-1"), "--out", str(tmp_path / "new")])
-    assert res.exit_code == 0 and "branches off at iteration 1" in " ".join(res.stderr.split()), res.output
-    assert [json.loads(l)["iteration"] for l in (tmp_path / "new" / "metrics.jsonl").read_text().splitlines()] == [1]
-    # without --out, a run's checkpoint continues that run, whatever the recipe's output.dir says
+    # a checkpoint of another run may start a new folder (a branch), which says where its first rows are and
+    # how to continue the other run instead
     res = CliRunner().invoke(main, ["train", str(q), "--set", "train.iterations=2", "--resume",
                                     str(tmp_path / "other" / "checkpoints" / "step-1")])
-    assert res.exit_code == 0 and "branches off" not in res.stderr, res.output
-    assert [json.loads(l)["iteration"] for l in (tmp_path / "other" / "metrics.jsonl").read_text().splitlines()] \
-        == [0, 1]
-    assert (tmp_path / "other" / "checkpoints" / "step-2").is_dir()
+    said = "".join(res.stderr.split())  # rich wraps long paths anywhere: compare without whitespace
+
+    def says(text: str) -> bool:
+        return "".join(text.split()) in said
+    assert res.exit_code == 0 and says(f"branches off {tmp_path / 'other'} at iteration 1"), res.output
+    assert says(f"resume with --out {tmp_path / 'other'}")
+    assert [json.loads(l)["iteration"] for l in (tmp_path / "new" / "metrics.jsonl").read_text().splitlines()] == [1]
+    assert not (tmp_path / "other" / "abandoned").exists()  # the other run is untouched
     res = CliRunner().invoke(main, ["train", str(p), "--set", "train.iterations=3", "--resume",
                                     str(tmp_path / "r" / "checkpoints" / "step-2")])
     assert res.exit_code == 0, res.output

@@ -45,3 +45,23 @@ def test_the_recipe_help_quotes_the_family_defaults_it_resolves_to():
     for family, name in (("amused", "aMUSEd"), ("meissonic", "Meissonic"), ("showo", "Show-o")):
         d = FAMILY_SAMPLERS[family]
         assert f"{name} {d.steps}" in helps["steps"] and f"{name} {d.guidance_scale:g}" in helps["guidance_scale"]
+
+
+def test_a_partial_eval_sampler_inherits_the_rollout_sampler_before_the_family():
+    from maskfocus_cli.config import Recipe, build
+    from maskfocus_cli.engine.trainer import sampler_settings
+    r = build(Recipe, {"model": {"spec": "meissonic:/m"}, "sampler": {"steps": 64, "guidance_scale": 5.0},
+                       "eval_sampler": {"steps": 32}})
+    s = sampler_settings(r.eval_sampler, r.model.spec, r.sampler)
+    assert (s.steps, s.guidance_scale, s.gumbel_temperature) == (32, 5.0, 2.0)  # CFG 5 as the rollouts, not 9
+
+
+def test_runs_saved_with_explicit_sampler_values_resume_with_the_same_values_left_null():
+    """Before the fields could be null a recipe saved 16 / 3.0 / 2.0; the same recipe re-read now has null
+    there. Both sample alike, so the resume check sees no change, and a real change is still seen."""
+    from maskfocus_cli.engine.trainer import recipe_changes
+    saved = {"model": {"spec": "shapes"}, "sampler": {"steps": 16, "guidance_scale": 3.0, "gumbel_temperature": 2.0}}
+    now = {"model": {"spec": "shapes"}, "sampler": {"steps": None, "guidance_scale": None, "gumbel_temperature": None}}
+    assert recipe_changes(saved, now) == []
+    assert recipe_changes(saved, {**now, "sampler": {**now["sampler"], "guidance_scale": 4.0}}) == \
+        ["sampler.guidance_scale: 3.0 → 4.0"]  # (eval grids may change on resume)
