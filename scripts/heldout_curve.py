@@ -41,7 +41,7 @@ def main() -> None:
         for step, path in evals:
             s, m = json.loads(path.read_text()), minutes.get(step, float("nan"))
             curves[label].append((m, s))
-            print(f"| {label} | {step} | {m:.1f} | {s['overall']:.2f} | "
+            print(f"| {label} | {step} | {m:.2f} | {s['overall']:.2f} | "
                   + " | ".join(f"{s.get(t, float('nan')):.2f}" for t in TAGS) + " |")
     heldout_curves(curves, args.out, base, title=args.title)
     print(args.out)

@@ -10,10 +10,11 @@ from pathlib import Path
 def parse_runs(ap: argparse.ArgumentParser) -> tuple[argparse.Namespace, dict[str, tuple[Path, list[dict]]]]:
     """Adds RUN_DIR..., --labels, --out, --title to ``ap``, parses, and reads each run's metrics.jsonl:
     {label: (run folder, metrics rows)}, or a one-line usage error."""
-    ap.add_argument("runs", nargs="+", type=Path)
+    ap.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR",
+                    help="`maskfocus train` output folders (each with metrics.jsonl)")
     ap.add_argument("--labels", default=None, help="comma-separated legend labels (default: folder names)")
-    ap.add_argument("--out", required=True, type=Path)
-    ap.add_argument("--title", default="")
+    ap.add_argument("--out", required=True, type=Path, help="figure to write (.png)")
+    ap.add_argument("--title", default="", help="figure title (default: none)")
     args = ap.parse_args()
     labels = args.labels.split(",") if args.labels else [r.name for r in args.runs]
     if len(labels) != len(args.runs):

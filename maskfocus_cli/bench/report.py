@@ -128,6 +128,29 @@ def pass_line(summary: dict) -> str | None:
         f"{name} {pass_at[key]:.2f}" for key, name in cols)
 
 
+def overall_stderr(summary: dict) -> float | None:
+    """Standard error of a GenEval-style overall score (the mean of per-tag accuracies over T tags):
+    sqrt(Σ_t p_t (1 − p_t) / n_t) / T from the summary's per-tag counts; None without counts. Two runs
+    closer than ~2 of these are not told apart by the bench."""
+    counts = [c for c in (summary.get("counts") or {}).values() if isinstance(c, dict) and c.get("total")]
+    if not counts:
+        return None
+    var = sum((c["correct"] / c["total"]) * (1 - c["correct"] / c["total"]) / c["total"] for c in counts)
+    return math.sqrt(var) / len(counts)
+
+
+def precision_line(summary: dict) -> str | None:
+    """How many images each tag's accuracy rests on, and the overall's standard error: with 4 images a tag,
+    ±0.25 is one image, not a finding."""
+    totals = [c["total"] for c in (summary.get("counts") or {}).values() if isinstance(c, dict) and c.get("total")]
+    se = overall_stderr(summary)
+    if summary.get("bench") not in GENEVAL_LIKE or not totals or se is None:
+        return None
+    each = f"{totals[0]}" if len(set(totals)) == 1 else f"{min(totals)}–{max(totals)}"
+    return (f"images per tag: {each} · overall ± {se:.3f} (s.e.): differences under ~{2 * se:.2f} are within "
+            "the bench's noise")
+
+
 def _title(summary: dict) -> str:
     bench = summary.get("bench", "")
     name = {"geneval": "GenEval", "shapes": "GenEval rules on the shapes world",
@@ -173,6 +196,8 @@ def markdown_table(summary: dict, command: str | None = None, other: dict | None
         lines.append(f"| {lb} | " + " | ".join(_fmt(values.get(k), digits) for k, _, _ in cols) + " |")
         ds = [None if v is None or values.get(k) is None else v - values[k] for k, _, v in cols]
         lines.append("| Δ | " + " | ".join("-" if d is None else f"{d:+.{digits}f}" for d in ds) + " |")
+    if (line := precision_line(summary)) is not None:
+        lines += ["", line[0].upper() + line[1:] + "."]
     if command:
         lines += ["", f"Regenerate: `{command}`"]
     return "\n".join(lines) + "\n"

@@ -236,6 +236,8 @@ def evaluate(ctx, bench, images_dir, prompt_file, categories, model_spec, checkp
     stderr.print(report.summary_table(summary))
     if (line := report.pass_line(summary)) is not None:
         stderr.print(line)
+    if (line := report.precision_line(summary)) is not None:
+        stderr.print(line, highlight=False)
     if note:  # beside the table it qualifies
         stderr.print(note, highlight=False, soft_wrap=True)
     rate = summary.get("images_per_second_scored")

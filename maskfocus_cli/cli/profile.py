@@ -23,7 +23,7 @@ def profile_table(result, title: str = ""):
     freq = result.selection_frequency.tolist()
     n_prompts = len(result.prompts)
     table = Table(title=title or "step profile", show_edge=False, header_style="bold")
-    for name in ("step", "mask ratio", "mean entropy", "similarity", "gain", "selected", ""):
+    for name in ("step", "mask ratio", "mean entropy", "similarity", "gain", "selected", "critical"):
         table.add_column(name, justify="right")
     rows = zip(result.mask_ratio, result.mean_entropy.tolist(), result.mean_similarity.tolist(),
                result.mean_gain.tolist(), freq)

@@ -36,7 +36,8 @@ from maskfocus_cli.engine.routing import make_router
 from maskfocus_cli.engine.seeds import derive_seed
 from maskfocus_cli.engine.sampling import (PromptEncoder, SamplerSettings, Trajectory, sample,
                                            mask_counts, step_info)
-from maskfocus_cli.io.checkpoint import CheckpointError, atomic_dir, atomic_write_json, read_json, save_weights
+from maskfocus_cli.io.checkpoint import (CheckpointError, atomic_dir, atomic_write_bytes, atomic_write_json,
+                                        read_json, save_weights)
 from maskfocus_cli.models.base import MaskedT2IAdapter, index_cond
 from maskfocus_cli.models.loading import absolute_spec
 
@@ -258,6 +259,7 @@ class Trainer:
         self.state = RunState()
         self._clock_start: float | None = None  #: time.monotonic() when this process's loop began
         self._started = False
+        self._grid_at: int | None = None  #: the iteration this process last drew a sample grid at
         self.stop_requested = False  #: set from a signal handler: stop after the current iteration
         self.terminated = False  #: the loop stopped on that request (not at its end or time budget)
         self._check_eval_prompts()
@@ -888,7 +890,14 @@ class Trainer:
         self.policy.train(was)
 
     def _eval_rows(self, limit: int) -> list[tuple[str, dict | None]]:
-        return load_prompt_source(self.recipe.data.eval_prompts)[:limit]
+        """The first ``limit`` distinct eval prompts (shapes:heldout repeats prompts to balance its tags: a grid
+        row twice says nothing new)."""
+        rows, seen = [], set()
+        for p, m in load_prompt_source(self.recipe.data.eval_prompts):
+            if p not in seen and len(rows) < limit:
+                seen.add(p)
+                rows.append((p, m))
+        return rows
 
     def validation_reward(self) -> dict:
         """Reward of the standard sampler on fixed eval prompts (4 fixed seeds each).
@@ -926,12 +935,18 @@ class Trainer:
         """Fixed eval prompts × 4 seeds → OUT/samples/NAME.png (main process)."""
         if not self.acc.is_main_process or self.recipe.data.num_eval_prompts == 0:
             return None
+        path = self.run_dir / "samples" / f"{name}.png"
+        same = self.run_dir / "samples" / f"iter-{self.state.iteration:05d}.png"
+        if name == "final" and self._grid_at == self.state.iteration and same.is_file():  # these weights, sampled
+            atomic_write_bytes(path, same.read_bytes())
+            atomic_write_bytes(path.with_suffix(".json"), same.with_suffix(".json").read_bytes())
+            return path
         from maskfocus_cli.io.images import contact_sheet, save_png
         rows = self._eval_rows(self.recipe.data.num_eval_prompts)
         prompts = [p for p, _ in rows for _ in range(4)]
         seeds = [j for _ in rows for j in range(4)]
         images = torch.cat([im for _, im in self._standard_samples(prompts, seeds)])
-        path = self.run_dir / "samples" / f"{name}.png"
+        self._grid_at = self.state.iteration
         save_png(contact_sheet(images, ncols=4, scale=2), path)
         # which prompt each row shows (rows of 4 seeds), beside the grid
         atomic_write_json(path.with_suffix(".json"), {"rows": [p for p, _ in rows], "seeds": [0, 1, 2, 3]})

@@ -214,6 +214,15 @@ def test_train_cli_end_to_end(tmp_path, tiny_shapes_dir):
     grid = json.loads((tmp_path / "cli" / "samples" / "final.json").read_text())
     assert len(grid["rows"]) == 2 and all(isinstance(p, str) and p for p in grid["rows"])  # num_eval_prompts: 2
     assert all(isinstance(r["grad_norm"], float) for r in rows)
+    # grids show distinct prompts (shapes:heldout repeats some), and the final grid of weights already drawn at
+    # their last periodic grid is that grid, not a second sampling of it
+    res = CliRunner().invoke(main, ["train", str(p), "--set", "train.iterations=2", "--set", "output.sample_every=2",
+                                    "--set", "data.num_eval_prompts=12", "--out", str(tmp_path / "grids")])
+    assert res.exit_code == 0, res.output
+    samples = tmp_path / "grids" / "samples"
+    shown = json.loads((samples / "final.json").read_text())["rows"]
+    assert len(shown) == 12 and len(set(shown)) == 12
+    assert (samples / "final.png").read_bytes() == (samples / "iter-00002.png").read_bytes()
     # resuming a finished run does nothing more and keeps its metrics
     res = CliRunner().invoke(main, ["train", str(p), "--set", "train.iterations=2", "--resume", "latest"])
     assert res.exit_code == 0, res.output

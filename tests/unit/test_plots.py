@@ -1,5 +1,7 @@
 """Plot helpers: the smoothing maths by hand, and that figures are written as PNGs."""
 
+import math
+
 import pytest
 
 from maskfocus_cli.io.plots import (compare_reward_curves, heldout_curves, minutes_at_iteration, moving_average,
@@ -66,3 +68,24 @@ def test_compare_script_names_runs_that_share_a_folder_name_by_their_parent(tmp_
     same = subprocess.run([sys.executable, str(script), *runs, "--labels", "a,a", "--out", str(tmp_path / "d.png")],
                           capture_output=True, text=True)
     assert same.returncode == 2 and "two runs share the label 'a'" in same.stderr
+
+
+def test_what_the_panels_leave_out_by_hand():
+    from maskfocus_cli.bench.report import overall_stderr, precision_line
+    from maskfocus_cli.io.plots import kl_series, loss_series, smoothing_window
+    rows = [{"iteration": 0, "loss": 0.5, "kl": 0.0, "kept": 8}, {"iteration": 1, "loss": 0.0, "kl": 0.0, "kept": 0},
+            {"iteration": 2, "loss": 0.25, "kl": 0.01, "kept": 4}]
+    loss = loss_series(rows)
+    assert loss[0] == 0.5 and math.isnan(loss[1]) and loss[2] == 0.25  # no group kept: a gap, not a 0 loss
+    kl = kl_series(rows)
+    assert kl[0] == 0.0 and math.isnan(kl[1]) and kl[2] == 0.01
+    assert kl_series([dict(r, kl=0.0) for r in rows]) is None  # no KL term (Mask-GRPO): not drawn as 0
+    assert loss_series([{"iteration": 0, "loss": 1.5}]) == [1.5]  # pretraining rows have no "kept"
+    assert smoothing_window(12) == 1 and smoothing_window(95) == 9 and smoothing_window(1000) == 20
+    # two tags: 1/2 and 3/4 correct -> overall 0.625, s.e. sqrt(0.25/2 + 0.1875/4) / 2
+    summary = {"counts": {"a": {"correct": 1, "total": 2}, "b": {"correct": 3, "total": 4}, "c": {"correct": 0,
+                                                                                                "total": 0}}}
+    assert overall_stderr(summary) == pytest.approx(math.sqrt(0.25 / 2 + 0.1875 / 4) / 2)
+    assert overall_stderr({"overall": 0.5}) is None
+    line = precision_line({**summary, "bench": "shapes"})
+    assert line.startswith("images per tag: 2–4 · overall ± 0.207 (s.e.)") and "under ~0.41" in line
