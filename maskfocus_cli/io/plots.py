@@ -124,9 +124,13 @@ def reward_curve(history: list[dict], path: str | Path, title: str = "") -> None
     kl = kl_series(history) if rl else None
     if kl is not None:
         twin = ax.twinx()
-        twin.plot(its, kl, color="tab:purple", lw=1)
+        twin.plot(its, kl, color="tab:purple", lw=2.5, alpha=0.45, label="KL to reference (right axis)")
         twin.set_ylabel("KL to reference (per token)", color="tab:purple")
         _scale_for_spikes(twin, kl)
+        ax.set_zorder(twin.get_zorder() + 1)  # the loss on top: with the KL term it often tracks the KL's shape
+        ax.patch.set_visible(False)
+        ax.legend(ax.get_lines() + twin.get_lines(), ["loss", "KL to reference (right axis)"],
+                  loc="upper center", bbox_to_anchor=(0.5, -0.18), fontsize=7, ncol=2, frameon=False)
     fig.suptitle(title)
     fig.tight_layout()
     atomic_write_bytes(path, _figure_bytes(fig))
