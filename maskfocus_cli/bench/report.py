@@ -130,12 +130,16 @@ def pass_line(summary: dict) -> str | None:
 
 def overall_stderr(summary: dict) -> float | None:
     """Standard error of a GenEval-style overall score (the mean of per-tag accuracies over T tags):
-    sqrt(Σ_t p_t (1 − p_t) / n_t) / T from the summary's per-tag counts; None without counts. Two runs
-    closer than ~2 of these are not told apart by the bench."""
+    sqrt(Σ_t p̃_t (1 − p̃_t) / n_t) / T from the summary's per-tag counts, with p̃ = (correct + 1) / (n + 2) so
+    that a tag at 0/4 or 4/4 does not count as exact; None without counts. Two runs closer than ~2 of these are
+    not told apart by the bench."""
     counts = [c for c in (summary.get("counts") or {}).values() if isinstance(c, dict) and c.get("total")]
     if not counts:
         return None
-    var = sum((c["correct"] / c["total"]) * (1 - c["correct"] / c["total"]) / c["total"] for c in counts)
+    var = 0.0
+    for c in counts:
+        p = (c["correct"] + 1) / (c["total"] + 2)
+        var += p * (1 - p) / c["total"]
     return math.sqrt(var) / len(counts)
 
 

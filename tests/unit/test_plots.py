@@ -82,10 +82,11 @@ def test_what_the_panels_leave_out_by_hand():
     assert kl_series([dict(r, kl=0.0) for r in rows]) is None  # no KL term (Mask-GRPO): not drawn as 0
     assert loss_series([{"iteration": 0, "loss": 1.5}]) == [1.5]  # pretraining rows have no "kept"
     assert smoothing_window(12) == 1 and smoothing_window(95) == 9 and smoothing_window(1000) == 20
-    # two tags: 1/2 and 3/4 correct -> overall 0.625, s.e. sqrt(0.25/2 + 0.1875/4) / 2
+    # two tags: 1/2 and 3/4 correct; smoothed p = 2/4 and 4/6 -> s.e. sqrt(0.25/2 + (2/9)/4) / 2
     summary = {"counts": {"a": {"correct": 1, "total": 2}, "b": {"correct": 3, "total": 4}, "c": {"correct": 0,
                                                                                                 "total": 0}}}
-    assert overall_stderr(summary) == pytest.approx(math.sqrt(0.25 / 2 + 0.1875 / 4) / 2)
+    assert overall_stderr(summary) == pytest.approx(math.sqrt(0.25 / 2 + (2 / 9) / 4) / 2)
+    assert overall_stderr({"counts": {"a": {"correct": 4, "total": 4}}}) > 0  # 4/4 is not certainty
     assert overall_stderr({"overall": 0.5}) is None
     line = precision_line({**summary, "bench": "shapes"})
-    assert line.startswith("images per tag: 2–4 · overall ± 0.207 (s.e.)") and "under ~0.41" in line
+    assert line.startswith("images per tag: 2–4 · overall ± 0.212 (s.e.)") and "under ~0.42" in line
