@@ -53,6 +53,17 @@ def load_prompt_source(source: str) -> list[tuple[str, dict | None]]:
     return rows
 
 
+def distinct_prompts(source: str, limit: int) -> list[tuple[str, dict | None]]:
+    """The first ``limit`` distinct prompts of a source (shapes:heldout repeats prompts to balance its tags: a
+    grid row twice says nothing new), for sample grids and validation."""
+    rows, seen = [], set()
+    for p, m in load_prompt_source(source):
+        if p not in seen and len(rows) < limit:
+            seen.add(p)
+            rows.append((p, m))
+    return rows
+
+
 def prompt_weights(rows: list[tuple[str, dict | None]], tag_weights: dict,
                    source: str = "the prompt source") -> list[float] | None:
     """Per-prompt draw weights from ``data.tag_weights`` (None = uniform, the default).

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import random
 import shutil
 import time
@@ -26,156 +25,29 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from torch import nn
 
-from maskfocus_cli.config import Recipe, flatten, to_dict
-from maskfocus_cli.engine.data import load_prompt_source, prompt_weights
+from maskfocus_cli.config import Recipe, to_dict
+from maskfocus_cli.engine.data import distinct_prompts, load_prompt_source, prompt_weights
 from maskfocus_cli.engine.estimators import Unit, UpdateContext, make_estimator
 from maskfocus_cli.engine.grpo import group_advantages
+from maskfocus_cli.engine.lora import AdapterDisabled, add_lora
+from maskfocus_cli.engine.metrics import mean_std, reward_by_tag
+from maskfocus_cli.engine.monitor import SEEDS_PER_PROMPT, copy_grid, standard_samples, validation_reward, write_grid
+from maskfocus_cli.engine.recipe_checks import (check_eval_prompts, check_metadata_for_reward, check_vocabulary,
+                                                warn_heldout_training)
 from maskfocus_cli.engine.routing import make_router
-from maskfocus_cli.engine.seeds import derive_seed
+from maskfocus_cli.engine.run_folder import (checkpoint_dirs, find_resume, holds_run, inside, recipe_changes,
+                                             set_aside, set_aside_later_checkpoints, stale_checkpoints)
 from maskfocus_cli.engine.sampling import (PromptEncoder, SamplerSettings, Trajectory, sample,
                                            mask_counts, step_info)
-from maskfocus_cli.io.checkpoint import (CheckpointError, atomic_dir, atomic_write_bytes, atomic_write_json,
-                                        read_json, save_weights)
+from maskfocus_cli.engine.seeds import derive_seed
+from maskfocus_cli.engine.settings import lr_factor, sampler_settings
+from maskfocus_cli.engine.weight_copies import (keep_fp32_weights, make_ema_net, make_rollout_net, sync_rollout_net,
+                                                update_average)
+from maskfocus_cli.io.checkpoint import CheckpointError, atomic_dir, atomic_write_json, read_json, save_weights
 from maskfocus_cli.models.base import MaskedT2IAdapter, index_cond
+from maskfocus_cli.rewards.composite import reward_from_recipe
 from maskfocus_cli.models.loading import absolute_spec
-
-
-def sampler_settings(cfg, model_spec: str, inherit=None) -> SamplerSettings:
-    """A recipe's sampler section; fields left null take ``inherit``'s (``eval_sampler`` inherits ``sampler``'s),
-    then the model family's own settings."""
-    from maskfocus_cli.models.sampler_defaults import family_sampler
-    d = family_sampler(model_spec)
-
-    def pick(key: str):
-        for source in (cfg, inherit):
-            if source is not None and getattr(source, key) is not None:
-                return getattr(source, key)
-        return getattr(d, key)
-    return SamplerSettings(steps=pick("steps"), guidance_scale=pick("guidance_scale"), schedule=cfg.schedule,
-                           logit_temperature=cfg.logit_temperature, gumbel_temperature=pick("gumbel_temperature"))
-
-
-def lr_factor(it: int, warmup: int, total: int, schedule: str) -> float:
-    """Warm-up then constant or cosine-to-zero multiplier for iteration ``it``."""
-    if warmup and it < warmup:
-        return (it + 1) / warmup
-    if schedule == "cosine":
-        span = max(1, total - warmup)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, (it - warmup) / span)))
-    return 1.0
-
-
-# --------------------------------------------------------------------------- checkpoints
-def checkpoint_dirs(run_dir: Path) -> list[Path]:
-    root = run_dir / "checkpoints"
-    if not root.is_dir():
-        return []
-    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-")
-             and p.name[5:].isdigit() and (p / "trainer.json").is_file()]
-    return sorted(found, key=lambda p: int(p.name[5:]))
-
-
-def set_aside_later_checkpoints(run_dir: Path, ckpt: Path) -> list[Path]:
-    """Rewinding a run to its own ``ckpt``: move the checkpoints after it to OUT/abandoned/ (kept, never
-    deleted), so ``--resume latest`` cannot jump back onto the abandoned branch. Returns the new paths."""
-    step = int(ckpt.name[5:])
-    return [set_aside(d, run_dir) for d in checkpoint_dirs(run_dir) if int(d.name[5:]) > step]
-
-
-def stale_checkpoints(dirs: list[Path], keep_last: int) -> list[Path]:
-    """The oldest of ``dirs`` (sorted by step) beyond the newest ``keep_last``; 0 keeps every one
-    (a held-out curve over the run needs them all: scripts/heldout_curve.py)."""
-    return dirs[:-keep_last] if keep_last > 0 else []
-
-
-def find_resume(run_dir: Path, resume: str | None) -> Path | None:
-    """--resume latest|PATH → checkpoint folder (None = fresh run)."""
-    if resume is None:
-        return None
-    if resume == "latest":
-        found = checkpoint_dirs(run_dir)
-        return found[-1] if found else None
-    p = Path(resume)
-    if not (p / "trainer.json").is_file():
-        raise CheckpointError(f"--resume {resume}: not a training checkpoint (no trainer.json inside); "
-                              "use --resume latest or a runs/NAME/checkpoints/step-N folder")
-    return p
-
-
-#: recipe keys a resumed run may change: how long and where it runs and what it writes, never what it computes
-RESUME_FREE = ("train.iterations", "train.time_budget_minutes", "output.", "model.device", "data.eval_prompts",
-               "data.num_eval_prompts", "data.num_validation_prompts", "eval_sampler")
-
-
-#: reward options that say where and how patiently to ask, not what is scored: a reward server may move
-#: (another host after pre-emption) between a run and its resume
-REWARD_TRANSPORT = {"http": ("url", "timeout", "retries", "backoff")}
-
-
-def _scored(recipe: dict) -> dict:
-    """The recipe without reward transport options (see ``REWARD_TRANSPORT``)."""
-    rewards = []
-    for r in recipe.get("rewards") or ():
-        if isinstance(r, dict) and r.get("name") in REWARD_TRANSPORT and isinstance(r.get("options"), dict):
-            free = REWARD_TRANSPORT[r["name"]]
-            r = {**r, "options": {k: v for k, v in r["options"].items() if k not in free}}
-        rewards.append(r)
-    return {**recipe, "rewards": rewards} if "rewards" in recipe else recipe
-
-
-#: sampler fields that may be null in a recipe: the model family's own value (``models/sampler_defaults.py``)
-FAMILY_FIELDS = ("steps", "guidance_scale", "gumbel_temperature")
-
-
-def _sampled(recipe: dict) -> dict:
-    """The recipe with null sampler fields as the run samples them: ``sampler`` from the model family,
-    ``eval_sampler`` from ``sampler``. A run saved with explicit values (or before the fields could be null)
-    then compares equal to the same settings left null."""
-    from maskfocus_cli.models.sampler_defaults import family_sampler
-    try:
-        family = family_sampler(str((recipe.get("model") or {}).get("spec", "shapes")))
-    except ValueError:
-        return recipe
-    sampler = dict(recipe.get("sampler") or {})
-    for key in FAMILY_FIELDS:
-        if sampler.get(key) is None:
-            sampler[key] = getattr(family, key)
-    out = {**recipe, "sampler": sampler}
-    if isinstance(recipe.get("eval_sampler"), dict):
-        out["eval_sampler"] = {**recipe["eval_sampler"], **{k: sampler[k] for k in FAMILY_FIELDS
-                                                            if recipe["eval_sampler"].get(k) is None}}
-    return out
-
-
-def recipe_changes(saved: dict, now: dict) -> list[str]:
-    """'key: saved → now' for every field that differs and would change what a resumed run computes."""
-    a, b = flatten(_scored(_sampled(saved))), flatten(_scored(_sampled(now)))
-    keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and not k.startswith(RESUME_FREE))
-    return [f"{k}: {a.get(k)!r} → {b.get(k)!r}" for k in keys]
-
-
-def _inside(path: Path, folder: Path) -> bool:
-    return path.resolve().is_relative_to(folder.resolve())
-
-
-def holds_run(run_dir: Path) -> bool:
-    """A run folder with checkpoints: a fresh run there would overwrite and mix them. (Metrics without a
-    checkpoint are a run that died before its first one: nothing to resume, so they are set aside.)"""
-    return bool(checkpoint_dirs(run_dir))
-
-
-def set_aside(path: Path, run_dir: Path) -> Path:
-    """Move ``path`` to OUT/abandoned/ under a free name (kept, never deleted)."""
-    dest = run_dir / "abandoned" / path.name
-    k = 1
-    while dest.exists():
-        k += 1
-        dest = run_dir / "abandoned" / f"{path.stem}-{k}{path.suffix}"
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    path.rename(dest)
-    return dest
 
 
 STOP_REQUESTED = "stop requested (signal)"
@@ -231,7 +103,7 @@ class Trainer:
             self.adapter.transformer = add_lora(self.adapter, self.cfg.lora_rank, derive_seed(self.cfg.seed, "lora"))
         else:
             self.adapter.transformer.requires_grad_(True)
-            self._keep_fp32_weights()
+            keep_fp32_weights(self.adapter.transformer, self.log)
         self.policy = self.adapter.transformer
         self.policy.train()
         # the policy-update strategy (which steps, which loss); None for supervised pretraining
@@ -245,8 +117,9 @@ class Trainer:
             # with LoRA the frozen base *is* the reference: no second copy of the weights
             self.reference = AdapterDisabled(self.policy) if self.lora else \
                 copy.deepcopy(self.policy).requires_grad_(False).eval()
-        self.rollout_net = self._make_rollout_net()
-        self.ema_net = self._make_ema_net()
+        pretrain = self.cfg.algorithm == "pretrain"
+        self.rollout_net = make_rollout_net(self.policy, "fp32" if pretrain else self.cfg.rollout_dtype, self.lora)
+        self.ema_net = make_ema_net(self.policy, self.cfg.ema_decay, self.lora)
         params = [p for p in self.policy.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=self.cfg.lr, betas=tuple(self.cfg.betas),
                                            weight_decay=self.cfg.weight_decay)
@@ -262,14 +135,15 @@ class Trainer:
         self._grid_at: int | None = None  #: the iteration this process last drew a sample grid at
         self.stop_requested = False  #: set from a signal handler: stop after the current iteration
         self.terminated = False  #: the loop stopped on that request (not at its end or time budget)
-        self._check_eval_prompts()
+        check_eval_prompts(recipe, self.adapter)
         if self.cfg.algorithm != "pretrain":
             self.prompts = load_prompt_source(recipe.data.prompts)
-            self._check_vocabulary(self.prompts, "data.prompts")
-            self._warn_heldout_training()
+            check_vocabulary(self.adapter, self.prompts, "data.prompts")
+            if self.acc.is_main_process:
+                warn_heldout_training(recipe, self.adapter, self.prompts, self.log)
             self.prompt_weights = prompt_weights(self.prompts, recipe.data.tag_weights, recipe.data.prompts)
-            self._check_metadata_for_reward(reward_fn)  # before the reward loads its weights
-            self.reward = reward_fn or self._build_reward()
+            check_metadata_for_reward(recipe, self.prompts, reward_fn)  # before the reward loads its weights
+            self.reward = reward_fn or reward_from_recipe(self.recipe.rewards)
             # ranks route on the whole rollout batch's median entropy, as one process would
             gather = None if self.acc.num_processes == 1 else self._gather_entropies
             self.router = make_router(recipe.routing.enabled, recipe.routing.scale, recipe.routing.decay,
@@ -280,77 +154,6 @@ class Trainer:
                                       fidelity=recipe.data.caption_fidelity or None)
 
     # ------------------------------------------------------------------ set-up helpers
-    def _check_metadata_for_reward(self, reward_fn=None) -> None:
-        """A reward that scores by GenEval metadata (``geneval``) cannot score plain prompts: say which prompt
-        file lacks them now, not after the reward's weights loaded and the first rollout (or validation) ran."""
-        from maskfocus_cli.rewards.registry import reward_factory
-        needs = getattr(reward_fn, "needs_metadata", False) if reward_fn is not None else any(
-            getattr(reward_factory(r.name), "needs_metadata", False) for r in self.recipe.rewards)
-        if not needs:
-            return
-        d = self.recipe.data
-        sources = [("data.prompts", d.prompts, self.prompts)]
-        if self.recipe.output.validate_every > 0:
-            sources.append(("data.eval_prompts", d.eval_prompts, self._eval_rows(d.num_validation_prompts)))
-        for key, source, rows in sources:
-            plain = [p for p, m in rows if m is None]
-            if plain:
-                raise ValueError(f"{key}: {source} has prompts without GenEval metadata (e.g. {plain[0]!r}), which "
-                                 "the geneval reward scores by: use a GenEval .jsonl file (rows with tag/include)")
-
-    def _warn_heldout_training(self) -> None:
-        """Training on the shapes bench's held-out prompts is allowed (an overfitting probe), never silent: the
-        bench would then score prompts the run was rewarded on."""
-        if self.adapter.family != "shapes":
-            return
-        from maskfocus_cli.shapes.world import heldout_prompts
-        seen = {p for p, _ in self.prompts} & heldout_prompts()
-        if seen and self.acc.is_main_process:
-            self.log(f"warning: data.prompts ({self.recipe.data.prompts}) holds {len(seen)} held-out shapes prompts, "
-                     "which `maskfocus evaluate --bench shapes` scores: its results would not be held-out (train on "
-                     "shapes:train)")
-
-    def _check_eval_prompts(self) -> None:
-        """A bad ``data.eval_prompts`` fails now, not at the first grid (or after the last iteration)."""
-        d, o = self.recipe.data, self.recipe.output
-        used = d.num_eval_prompts > 0 or (o.validate_every > 0 and self.cfg.algorithm != "pretrain")
-        if not used:
-            return
-        try:
-            rows = load_prompt_source(d.eval_prompts)
-        except ValueError as e:
-            raise ValueError(f"data.eval_prompts: {e}; or set data.num_eval_prompts: 0 for no sample grids") from None
-        if not rows:
-            raise ValueError(f"data.eval_prompts {d.eval_prompts} holds no prompts: give a prompt file, or set "
-                             "data.num_eval_prompts: 0 for no sample grids")
-        self._check_vocabulary(rows, "data.eval_prompts")
-
-    def _check_vocabulary(self, rows: list[tuple[str, dict | None]], key: str) -> None:
-        """The built-in model's closed vocabulary: an unknown word fails now, not mid-run or after the last
-        iteration (open-vocabulary tokenizers take any prompt, and encoding all of them would cost minutes)."""
-        if self.adapter.family != "shapes":
-            return
-        try:
-            self.adapter.encode_prompts(sorted({p for p, _ in rows}))
-        except ValueError as e:
-            raise ValueError(f"{key}: {e}") from None
-
-    def _keep_fp32_weights(self) -> None:
-        """Full fine-tuning updates the weights themselves, so they stay fp32.
-
-        In bf16 an AdamW step of lr·1 is below half a unit in the last place for every weight
-        larger than ~256·lr (5e-4 at the published lr 2e-6) and rounds away: ~97% of the
-        weights would never move. Low precision still serves where it is safe:
-        ``train.mixed_precision`` (autocast) and ``train.rollout_dtype`` (rollout copy).
-        LoRA is unaffected (peft keeps its adapter weights fp32).
-        """
-        low = sorted({str(p.dtype).removeprefix("torch.") for p in self.adapter.transformer.parameters()
-                      if p.is_floating_point() and p.dtype != torch.float32})
-        if low:
-            self.adapter.transformer.float()
-            self.log(f"full fine-tuning: {'/'.join(low)} weights upcast to fp32 (a low-precision weight ignores "
-                     "small updates); use train.mixed_precision / train.rollout_dtype for speed, or LoRA for memory")
-
     def _gather_entropies(self, values: torch.Tensor) -> torch.Tensor:
         """Every rank's per-sample entropies (ranks hold equal shares: k-repeat split)."""
         return self.acc.gather(values.contiguous().to(self.acc.device)).to(values.device)
@@ -369,65 +172,10 @@ class Trainer:
         device = "cuda" if self.acc.device.type == "cuda" else "cpu"
         return load_model(m.spec, m.checkpoint, device, m.dtype)
 
-    def _make_rollout_net(self) -> nn.Module:
-        """The module rollouts sample with: the policy itself, or a low-precision copy of it.
-
-        Rollouts are ~3/4 of an iteration on CPU and need no gradients, so a bf16 copy
-        buys iterations; log-probs for the loss still come from the fp32 policy (the
-        single-epoch π_old is the current policy detached, never the rollout copy).
-        """
-        if self.cfg.rollout_dtype == "fp32" or self.cfg.algorithm == "pretrain":
-            return self.policy
-        if self.lora:
-            raise ValueError("train.rollout_dtype: bf16 needs full fine-tuning (lora_rank: 0); with LoRA use "
-                             "train.mixed_precision: bf16 instead")
-        return copy.deepcopy(self.policy).to(torch.bfloat16).requires_grad_(False).eval()
-
-    def _make_ema_net(self) -> nn.Module | None:
-        """The weight average checkpoints hand out (``train.ema_decay``), or None.
-
-        On the shapes world, checkpoints 50 iterations apart differ by up to 0.05 held-out
-        (docs/shapes-rl.md, tenth round): the average takes the lottery out of where a time
-        budget happens to stop, so it is what evaluate / export should see.
-        """
-        if self.cfg.ema_decay == 0:
-            return None
-        if self.lora:
-            raise ValueError("train.ema_decay needs full fine-tuning (lora_rank: 0)")
-        return copy.deepcopy(self.policy).requires_grad_(False).eval()
-
-    @torch.no_grad()
     def _after_optimizer_step(self, it: int) -> None:
         """Bring the rollout copy and the weight average up to the new weights."""
-        self._sync_rollout_net()
-        if self.ema_net is None:
-            return
-        decay = min(self.cfg.ema_decay, (1 + it) / (10 + it))  # early iterations: follow the policy closely
-        ema = [p for p in self.ema_net.parameters() if p.is_floating_point()]
-        live = [p for p in self.policy.parameters() if p.is_floating_point()]
-        torch._foreach_lerp_(ema, live, 1.0 - decay)
-
-    @torch.no_grad()
-    def _sync_rollout_net(self) -> None:
-        """Re-cast the fp32 master weights into the rollout copy (after each optimiser step)."""
-        if self.rollout_net is self.policy:
-            return
-        for dst, src in zip(self.rollout_net.parameters(), self.policy.parameters()):
-            dst.copy_(src)
-
-    def _build_reward(self):
-        from maskfocus_cli.rewards.composite import CompositeReward, RewardSpec
-        if not self.recipe.rewards:
-            raise ValueError("the recipe has no rewards: add e.g. `rewards: [{name: shapes-geneval}]`")
-        if all(r.weight == 0 for r in self.recipe.rewards):
-            raise ValueError("every reward has weight 0, so every advantage would be 0 and nothing would train: "
-                             "give at least one reward a non-zero weight")
-        specs = [RewardSpec(name=r.name, weight=r.weight, options=dict(r.options)) for r in self.recipe.rewards]
-        reward = CompositeReward(specs)
-        for component in reward.rewards:  # a reward server that is down fails now, before any rollout
-            if hasattr(component, "preflight"):
-                component.preflight()
-        return reward
+        sync_rollout_net(self.rollout_net, self.policy)
+        update_average(self.ema_net, self.policy, self.cfg.ema_decay, it)
 
     # ------------------------------------------------------------------ persistence
     def save_checkpoint(self) -> Path:
@@ -486,7 +234,7 @@ class Trainer:
                                   "resume from an earlier checkpoint") from None
         self.optimizer.load_state_dict(st["optimizer"])
         self.scheduler.load_state_dict(st["scheduler"])
-        self._sync_rollout_net()
+        sync_rollout_net(self.rollout_net, self.policy)
         self.state.iteration = int(info["iteration"])
         self.state.elapsed = float(info.get("elapsed_seconds", 0.0))  # the time budget spans resumes
         metrics = self.run_dir / "metrics.jsonl"
@@ -535,17 +283,17 @@ class Trainer:
                                  "writable folder with --out or output.dir)") from None
         metrics = self.run_dir / "metrics.jsonl"
         if self.acc.is_main_process and not holds_run(self.run_dir) and metrics.is_file() and \
-                (ckpt is None or not _inside(ckpt, self.run_dir)):
+                (ckpt is None or not inside(ckpt, self.run_dir)):
             dest = set_aside(metrics, self.run_dir)  # its rows must not pass for this run's
             self.log(f"{self.run_dir} held metrics of a run that stopped before its first checkpoint: moved to {dest}")
         self.acc.wait_for_everyone()
-        if ckpt is not None and holds_run(self.run_dir) and not _inside(ckpt, self.run_dir):
+        if ckpt is not None and holds_run(self.run_dir) and not inside(ckpt, self.run_dir):
             raise CheckpointError(f"--resume {ckpt}: {self.run_dir} already holds another run, and continuing "
                                   "there would mix the two runs' checkpoints and metrics; choose a new --out "
                                   "(output.dir)")
         if ckpt is not None:
             self.load_checkpoint(ckpt)  # first: a checkpoint that fails to load must not cost the later ones
-            if _inside(ckpt, self.run_dir) and ckpt.name.startswith("step-") and ckpt.name[5:].isdigit():
+            if inside(ckpt, self.run_dir) and ckpt.name.startswith("step-") and ckpt.name[5:].isdigit():
                 if self.acc.is_main_process:
                     moved = set_aside_later_checkpoints(self.run_dir, ckpt)
                     if moved:
@@ -554,7 +302,7 @@ class Trainer:
                                  f"{self.run_dir / 'abandoned'}")
                 self.acc.wait_for_everyone()
             self.log(f"resumed from {ckpt} at iteration {self.state.iteration}")
-            if not _inside(ckpt, self.run_dir):  # a branch: say where its first rows are, and how not to branch
+            if not inside(ckpt, self.run_dir):  # a branch: say where its first rows are, and how not to branch
                 source = ckpt.parent.parent
                 self.log(f"{self.run_dir} branches off {source} at iteration {self.state.iteration}: its "
                          f"metrics.jsonl starts there (the earlier rows are in {source / 'metrics.jsonl'}); to "
@@ -757,9 +505,9 @@ class Trainer:
         n_invalid = int((~valid).sum())
         comp_names = sorted(out.components)
         row = {
-            "reward": _mean_std(rewards[valid]),
+            "reward": mean_std(rewards[valid]),
             # a component counts where it is finite (a weight-0 "log only" one may be NaN where the total is not)
-            "components": {k: _mean_std(c[valid & torch.isfinite(c)])
+            "components": {k: mean_std(c[valid & torch.isfinite(c)])
                            for k, c in ((k, full[:, 2 + j]) for j, k in enumerate(comp_names))},
             "reward_by_tag": reward_by_tag(rewards, valid, [chosen[i // G][1] for i in range(total)]),
             "loss": stats["loss"], "kl": stats["kl"], "grad_norm": stats.get("grad_norm"),
@@ -875,49 +623,6 @@ class Trainer:
 
     # ------------------------------------------------------------------ evaluation grids
     @torch.no_grad()
-    def _standard_samples(self, prompts: list[str], seeds: list[int]):
-        """Images of the model a checkpoint hands out (the weight average if kept, else the policy) with
-        the standard step (no routing, eval sampler), in micro-batches."""
-        net = self.policy if self.ema_net is None else self.ema_net
-        was = self.policy.training
-        self.policy.eval()
-        step = max(1, self.cfg.micro_batch)
-        for lo in range(0, len(prompts), step):
-            p = prompts[lo:lo + step]
-            res = sample(self.adapter, self.encoder(p), self.encoder([""] * len(p)), seeds[lo:lo + step],
-                         self.eval_settings, net=net)
-            yield lo, self.adapter.decode(res.tokens)
-        self.policy.train(was)
-
-    def _eval_rows(self, limit: int) -> list[tuple[str, dict | None]]:
-        """The first ``limit`` distinct eval prompts (shapes:heldout repeats prompts to balance its tags: a grid
-        row twice says nothing new)."""
-        rows, seen = [], set()
-        for p, m in load_prompt_source(self.recipe.data.eval_prompts):
-            if p not in seen and len(rows) < limit:
-                seen.add(p)
-                rows.append((p, m))
-        return rows
-
-    def validation_reward(self) -> dict:
-        """Reward of the standard sampler on fixed eval prompts (4 fixed seeds each).
-
-        The rollout reward is measured on routed samples, and a run can raise it by
-        making exploratory samples less broken while what ``evaluate`` samples gets no
-        better; this is the curve to watch. Uses no training RNG, so resume stays exact.
-        """
-        rows = self._eval_rows(self.recipe.data.num_validation_prompts)
-        prompts = [p for p, _ in rows for _ in range(4)]
-        metas = [m for _, m in rows for _ in range(4)]
-        seeds = [derive_seed(self.cfg.seed, "validation", i) for i in range(len(prompts))]
-        totals, valids = [], []
-        for lo, images in self._standard_samples(prompts, seeds):
-            out = self.reward(images, prompts[lo:lo + len(images)], metas[lo:lo + len(images)])
-            totals.append(out.total.float().cpu())
-            valids.append(out.valid.bool().cpu())
-        total, valid = torch.cat(totals), torch.cat(valids)
-        return {"reward": _mean_std(total[valid]), "by_tag": reward_by_tag(total, valid, metas)}
-
     def close(self) -> None:
         """End the run on every rank: wait for all of them, drop the wrapped model and optimiser, tear the
         process group down.
@@ -931,64 +636,30 @@ class Trainer:
         self.acc.free_memory()  # accelerate's own references to the prepared objects, then gc
         self.acc.end_training()
 
+    # ------------------------------------------------------------------ what the run shows of itself
+    def _standard_samples(self, prompts: list[str], seeds: list[int]):
+        """Images of the model a checkpoint hands out (the weight average if kept, else the policy)."""
+        net = self.policy if self.ema_net is None else self.ema_net
+        was = self.policy.training
+        self.policy.eval()
+        yield from standard_samples(self.adapter, net, self.encoder, self.eval_settings, prompts, seeds,
+                                    self.cfg.micro_batch)
+        self.policy.train(was)
+
+    def validation_reward(self) -> dict:
+        """The standard sampler's reward on fixed eval prompts (``monitor.validation_reward``)."""
+        rows = distinct_prompts(self.recipe.data.eval_prompts, self.recipe.data.num_validation_prompts)
+        seeds = [derive_seed(self.cfg.seed, "validation", i) for i in range(len(rows) * SEEDS_PER_PROMPT)]
+        return validation_reward(self.reward, self._standard_samples, rows, seeds)
+
     def sample_grid(self, name: str) -> Path | None:
         """Fixed eval prompts × 4 seeds → OUT/samples/NAME.png (main process)."""
         if not self.acc.is_main_process or self.recipe.data.num_eval_prompts == 0:
             return None
         path = self.run_dir / "samples" / f"{name}.png"
         same = self.run_dir / "samples" / f"iter-{self.state.iteration:05d}.png"
-        if name == "final" and self._grid_at == self.state.iteration and same.is_file():  # these weights, sampled
-            atomic_write_bytes(path, same.read_bytes())
-            atomic_write_bytes(path.with_suffix(".json"), same.with_suffix(".json").read_bytes())
-            return path
-        from maskfocus_cli.io.images import contact_sheet, save_png
-        rows = self._eval_rows(self.recipe.data.num_eval_prompts)
-        prompts = [p for p, _ in rows for _ in range(4)]
-        seeds = [j for _ in rows for j in range(4)]
-        images = torch.cat([im for _, im in self._standard_samples(prompts, seeds)])
+        if name == "final" and self._grid_at == self.state.iteration and same.is_file():  # these weights, drawn
+            return copy_grid(same, path)
         self._grid_at = self.state.iteration
-        save_png(contact_sheet(images, ncols=4, scale=2), path)
-        # which prompt each row shows (rows of 4 seeds), beside the grid
-        atomic_write_json(path.with_suffix(".json"), {"rows": [p for p, _ in rows], "seeds": [0, 1, 2, 3]})
-        return path
-
-
-class AdapterDisabled(nn.Module):
-    """The frozen base of a peft model, as a module: the KL reference under LoRA."""
-
-    def __init__(self, peft_model: nn.Module) -> None:
-        super().__init__()
-        self.peft_model = [peft_model]  # a list: not registered as a submodule (no double counting)
-
-    def forward(self, *args, **kwargs):
-        model = self.peft_model[0]
-        with torch.no_grad(), model.disable_adapter():
-            return model(*args, **kwargs)
-
-
-def add_lora(adapter: MaskedT2IAdapter, rank: int, seed: int = 0) -> nn.Module:
-    """Wrap the transformer with peft LoRA adapters on the adapter's ``lora_targets``."""
-    from peft import LoraConfig, get_peft_model
-    targets = getattr(adapter, "lora_targets", "all-linear")
-    adapter.transformer.requires_grad_(False)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)  # LoRA's random init must not depend on what ran before (exact resume)
-        return get_peft_model(adapter.transformer, LoraConfig(r=rank, lora_alpha=rank, lora_dropout=0.0,
-                                                              target_modules=targets))
-
-
-def reward_by_tag(rewards: torch.Tensor, valid: torch.Tensor, metas: list[dict | None]) -> dict[str, float]:
-    """Mean valid reward per GenEval tag (prompts with metadata only): which skills are moving."""
-    by: dict[str, list[float]] = {}
-    for r, ok, m in zip(rewards.tolist(), valid.tolist(), metas):
-        if ok and m and "tag" in m:
-            by.setdefault(str(m["tag"]), []).append(r)
-    return {t: sum(v) / len(v) for t, v in sorted(by.items())}
-
-
-def _mean_std(x: torch.Tensor) -> dict:
-    if x.numel() == 0:  # nothing valid: null in JSON (a bare NaN is not JSON, and strict parsers refuse it)
-        return {"mean": None, "std": None}
-    return {"mean": float(x.float().mean()), "std": float(x.float().std(unbiased=False))}
-
-
+        return write_grid(path, self._standard_samples,
+                          distinct_prompts(self.recipe.data.eval_prompts, self.recipe.data.num_eval_prompts))

@@ -14,8 +14,7 @@ without the key are the joint variant (text rows read the image too).
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -82,7 +81,6 @@ class ShapesTransformer(nn.Module):
     def __init__(self, cfg: ShapesModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        n = cfg.grid[0] * cfg.grid[1]
         d = cfg.d_model
         self.token_emb = nn.Embedding(cfg.num_codes + 1, d)
         self.text_emb = nn.Embedding(len(cfg.vocabulary) + 1, d, padding_idx=0)

@@ -173,3 +173,18 @@ def summary(output: RewardOutput, prefix: str = "reward/") -> dict[str, float]:
         out[f"{prefix}{key}_mean"], out[f"{prefix}{key}_std"] = _mean_std(scores[finite])
         out[f"{prefix}{key}_nonfinite"] = float((~finite).sum())
     return out
+
+
+def reward_from_recipe(rewards: Sequence) -> CompositeReward:
+    """A recipe's ``rewards:`` list as one weighted reward. Reward servers are contacted now: one that is
+    down fails the run before any rollout."""
+    if not rewards:
+        raise ValueError("the recipe has no rewards: add e.g. `rewards: [{name: shapes-geneval}]`")
+    if all(r.weight == 0 for r in rewards):
+        raise ValueError("every reward has weight 0, so every advantage would be 0 and nothing would train: "
+                         "give at least one reward a non-zero weight")
+    reward = CompositeReward([RewardSpec(name=r.name, weight=r.weight, options=dict(r.options)) for r in rewards])
+    for component in reward.rewards:
+        if hasattr(component, "preflight"):
+            component.preflight()
+    return reward

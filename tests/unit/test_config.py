@@ -73,7 +73,7 @@ def test_every_field_has_help():
 def test_keep_last_zero_keeps_every_checkpoint(tmp_path):
     from pathlib import Path
 
-    from maskfocus_cli.engine.trainer import stale_checkpoints
+    from maskfocus_cli.engine.run_folder import stale_checkpoints
     assert load_recipe(write(tmp_path, "k.yaml", "output:\n  keep_last: 0\n")).output.keep_last == 0
     with pytest.raises(ConfigError, match="output.keep_last.*minimum"):
         load_recipe(write(tmp_path, "n.yaml", "output:\n  keep_last: -1\n"))
@@ -111,7 +111,7 @@ def test_betas_are_two_numbers_in_range(tmp_path, betas, message):
 
 
 def test_a_resumed_run_may_move_its_reward_server_but_not_change_what_is_scored():
-    from maskfocus_cli.engine.trainer import recipe_changes
+    from maskfocus_cli.engine.run_folder import recipe_changes
     http = {"name": "http", "weight": 1.0, "options": {"url": "http://a:8765/", "timeout": 60, "retries": 3}}
     saved = {"train": {"lr": 1e-4}, "rewards": [http]}
     moved = {"train": {"lr": 1e-4}, "rewards": [{**http, "options": {"url": "http://b:9000/", "timeout": 120,

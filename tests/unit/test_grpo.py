@@ -210,7 +210,7 @@ def test_mask_grpo_remask_term_has_a_gradient_when_the_cutoff_includes_noise(toy
 
 
 def test_reward_by_tag_averages_valid_rewards_per_tag():
-    from maskfocus_cli.engine.trainer import reward_by_tag
+    from maskfocus_cli.engine.metrics import reward_by_tag
     rewards = torch.tensor([1.0, 0.0, 0.5, 7.0, 0.25])
     valid = torch.tensor([True, True, True, False, True])
     metas = [{"tag": "counting"}, {"tag": "counting"}, {"tag": "position"}, {"tag": "position"}, None]

@@ -31,7 +31,7 @@ def test_given_options_win_and_the_rest_come_from_the_family():
 
 def test_a_recipe_s_null_sampler_fields_take_the_family_s_own_and_set_ones_win():
     from maskfocus_cli.config import Recipe, build
-    from maskfocus_cli.engine.trainer import sampler_settings
+    from maskfocus_cli.engine.settings import sampler_settings
     r = build(Recipe, {"model": {"spec": "amused:/m"}, "sampler": {"steps": 24}})
     s = sampler_settings(r.sampler, r.model.spec)
     assert (s.steps, s.guidance_scale, s.gumbel_temperature) == (24, 10.0, 2.0)
@@ -49,7 +49,7 @@ def test_the_recipe_help_quotes_the_family_defaults_it_resolves_to():
 
 def test_a_partial_eval_sampler_inherits_the_rollout_sampler_before_the_family():
     from maskfocus_cli.config import Recipe, build
-    from maskfocus_cli.engine.trainer import sampler_settings
+    from maskfocus_cli.engine.settings import sampler_settings
     r = build(Recipe, {"model": {"spec": "meissonic:/m"}, "sampler": {"steps": 64, "guidance_scale": 5.0},
                        "eval_sampler": {"steps": 32}})
     s = sampler_settings(r.eval_sampler, r.model.spec, r.sampler)
@@ -59,7 +59,7 @@ def test_a_partial_eval_sampler_inherits_the_rollout_sampler_before_the_family()
 def test_runs_saved_with_explicit_sampler_values_resume_with_the_same_values_left_null():
     """Before the fields could be null a recipe saved 16 / 3.0 / 2.0; the same recipe re-read now has null
     there. Both sample alike, so the resume check sees no change, and a real change is still seen."""
-    from maskfocus_cli.engine.trainer import recipe_changes
+    from maskfocus_cli.engine.run_folder import recipe_changes
     saved = {"model": {"spec": "shapes"}, "sampler": {"steps": 16, "guidance_scale": 3.0, "gumbel_temperature": 2.0}}
     now = {"model": {"spec": "shapes"}, "sampler": {"steps": None, "guidance_scale": None, "gumbel_temperature": None}}
     assert recipe_changes(saved, now) == []

@@ -1,0 +1,72 @@
+"""Recipe problems found before a run starts, not mid-run or after its last iteration: prompt files a reward
+cannot score, eval prompts that do not load, words the built-in model cannot read, held-out prompts trained on."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from maskfocus_cli.config import Recipe
+from maskfocus_cli.engine.data import distinct_prompts, load_prompt_source
+from maskfocus_cli.models.base import MaskedT2IAdapter
+
+Rows = list[tuple[str, dict | None]]
+
+
+def check_metadata_for_reward(recipe: Recipe, prompts: Rows, reward_fn=None) -> None:
+    """A reward that scores by GenEval metadata (``geneval``) cannot score plain prompts: say which prompt
+    file lacks them now, not after the reward's weights loaded and the first rollout (or validation) ran."""
+    from maskfocus_cli.rewards.registry import reward_factory
+    needs = getattr(reward_fn, "needs_metadata", False) if reward_fn is not None else any(
+        getattr(reward_factory(r.name), "needs_metadata", False) for r in recipe.rewards)
+    if not needs:
+        return
+    d = recipe.data
+    sources = [("data.prompts", d.prompts, prompts)]
+    if recipe.output.validate_every > 0:
+        sources.append(("data.eval_prompts", d.eval_prompts, distinct_prompts(d.eval_prompts,
+                                                                              d.num_validation_prompts)))
+    for key, source, rows in sources:
+        plain = [p for p, m in rows if m is None]
+        if plain:
+            raise ValueError(f"{key}: {source} has prompts without GenEval metadata (e.g. {plain[0]!r}), which "
+                             "the geneval reward scores by: use a GenEval .jsonl file (rows with tag/include)")
+
+
+def warn_heldout_training(recipe: Recipe, adapter: MaskedT2IAdapter, prompts: Rows,
+                          log: Callable[[str], None]) -> None:
+    """Training on the shapes bench's held-out prompts is allowed (an overfitting probe), never silent: the
+    bench would then score prompts the run was rewarded on."""
+    if adapter.family != "shapes":
+        return
+    from maskfocus_cli.shapes.world import heldout_prompts
+    seen = {p for p, _ in prompts} & heldout_prompts()
+    if seen:
+        log(f"warning: data.prompts ({recipe.data.prompts}) holds {len(seen)} held-out shapes prompts, which "
+            "`maskfocus evaluate --bench shapes` scores: its results would not be held-out (train on shapes:train)")
+
+
+def check_eval_prompts(recipe: Recipe, adapter: MaskedT2IAdapter) -> None:
+    """A bad ``data.eval_prompts`` fails now, not at the first grid (or after the last iteration)."""
+    d, o = recipe.data, recipe.output
+    used = d.num_eval_prompts > 0 or (o.validate_every > 0 and recipe.train.algorithm != "pretrain")
+    if not used:
+        return
+    try:
+        rows = load_prompt_source(d.eval_prompts)
+    except ValueError as e:
+        raise ValueError(f"data.eval_prompts: {e}; or set data.num_eval_prompts: 0 for no sample grids") from None
+    if not rows:
+        raise ValueError(f"data.eval_prompts {d.eval_prompts} holds no prompts: give a prompt file, or set "
+                         "data.num_eval_prompts: 0 for no sample grids")
+    check_vocabulary(adapter, rows, "data.eval_prompts")
+
+
+def check_vocabulary(adapter: MaskedT2IAdapter, rows: Rows, key: str) -> None:
+    """The built-in model's closed vocabulary: an unknown word fails now, not mid-run or after the last
+    iteration (open-vocabulary tokenizers take any prompt, and encoding all of them would cost minutes)."""
+    if adapter.family != "shapes":
+        return
+    try:
+        adapter.encode_prompts(sorted({p for p, _ in rows}))
+    except ValueError as e:
+        raise ValueError(f"{key}: {e}") from None

@@ -1,0 +1,33 @@
+"""What a recipe's numbers turn into: the sampler settings of rollouts and eval grids, the learning-rate
+schedule."""
+
+from __future__ import annotations
+
+import math
+
+from maskfocus_cli.engine.sampling import SamplerSettings
+
+
+def sampler_settings(cfg, model_spec: str, inherit=None) -> SamplerSettings:
+    """A recipe's sampler section; fields left null take ``inherit``'s (``eval_sampler`` inherits ``sampler``'s),
+    then the model family's own settings."""
+    from maskfocus_cli.models.sampler_defaults import family_sampler
+    d = family_sampler(model_spec)
+
+    def pick(key: str):
+        for source in (cfg, inherit):
+            if source is not None and getattr(source, key) is not None:
+                return getattr(source, key)
+        return getattr(d, key)
+    return SamplerSettings(steps=pick("steps"), guidance_scale=pick("guidance_scale"), schedule=cfg.schedule,
+                           logit_temperature=cfg.logit_temperature, gumbel_temperature=pick("gumbel_temperature"))
+
+
+def lr_factor(it: int, warmup: int, total: int, schedule: str) -> float:
+    """Warm-up then constant or cosine-to-zero multiplier for iteration ``it``."""
+    if warmup and it < warmup:
+        return (it + 1) / warmup
+    if schedule == "cosine":
+        span = max(1, total - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (it - warmup) / span)))
+    return 1.0
