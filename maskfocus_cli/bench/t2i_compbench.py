@@ -570,3 +570,26 @@ class T2ICompBenchScorer:
         action = self.clip(images, [strip_attributes(p) for p in prompts]).tolist()
         return [three_in_one(a, s, x, self.complex_kinds.get(complex_prompt_key(p)))
                 for a, s, x, p in zip(attr, spatial, action, prompts)]
+
+
+def build_scorers(categories: list[str], blip_path: str, detector_path: str, clip: str, clip_arch: str,
+                 device: str, complex_spatial: str | None, complex_action: str | None) -> dict:
+    """One scorer per category; each model (BLIP, Mask2Former, CLIP) is loaded once and shared, and only the
+    models the categories need are loaded."""
+    needs = set().union(*(_NEEDS[c] for c in categories))
+    blip = BlipVqa(blip_path, device=device) if "blip" in needs else None
+    det = None
+    if "detector" in needs:
+        from maskfocus_cli.bench.detectors import Mask2FormerDetector
+        det = Mask2FormerDetector(detector_path, device=device, score_threshold=0.3)
+    scorer_clip = None
+    if "clip" in needs:
+        p = Path(str(clip)).expanduser()
+        scorer_clip = ClipScorer(p, device=device) if p.is_dir() else ClipScorer(clip_arch, pretrained=clip,
+                                                                                 device=device)
+    kinds = None
+    if "complex" in categories:
+        from maskfocus_cli.bench.prompts import load_complex_kinds
+        kinds = load_complex_kinds(complex_spatial, complex_action)
+    return {c: T2ICompBenchScorer(c, blip_path=blip, detector=det, clip=scorer_clip, complex_kinds=kinds,
+                                  device=device) for c in categories}

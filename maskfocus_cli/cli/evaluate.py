@@ -201,7 +201,8 @@ def evaluate(ctx, bench, images_dir, prompt_file, categories, model_spec, checkp
         detector = runner.geneval_detector(detector_path, clip, arch, device=dev, score_threshold=thr.score,
                                            max_per_class=thr.max_objects)
     else:
-        scorers = _t2i_scorers(cats, blip_path, detector_path, clip, arch, dev, complex_spatial, complex_action)
+        from maskfocus_cli.bench.t2i_compbench import build_scorers
+        scorers = build_scorers(cats, blip_path, detector_path, clip, arch, dev, complex_spatial, complex_action)
 
     if generating:
         from maskfocus_cli.engine.routing import make_router
@@ -289,26 +290,3 @@ def _shapes_metadata(prompt_file: str | None, num_prompts: int, prompt_seed: int
     from maskfocus_cli.bench.prompts import load_geneval_metadata
     from maskfocus_cli.shapes.world import COLORS
     return load_geneval_metadata(prompt_file, colors=COLORS)
-
-
-def _t2i_scorers(categories: list[str], blip_path: str, detector_path: str, clip: str, clip_arch: str,
-                 device: str, complex_spatial: str | None, complex_action: str | None) -> dict:
-    """One scorer per category; each model (BLIP, Mask2Former, CLIP) is loaded once and shared."""
-    from maskfocus_cli.bench.t2i_compbench import _NEEDS, BlipVqa, ClipScorer, T2ICompBenchScorer
-    needs = set().union(*(_NEEDS[c] for c in categories))
-    blip = BlipVqa(blip_path, device=device) if "blip" in needs else None
-    det = None
-    if "detector" in needs:
-        from maskfocus_cli.bench.detectors import Mask2FormerDetector
-        det = Mask2FormerDetector(detector_path, device=device, score_threshold=0.3)
-    scorer_clip = None
-    if "clip" in needs:
-        p = Path(str(clip)).expanduser()
-        scorer_clip = ClipScorer(p, device=device) if p.is_dir() else ClipScorer(clip_arch, pretrained=clip,
-                                                                                 device=device)
-    kinds = None
-    if "complex" in categories:
-        from maskfocus_cli.bench.prompts import load_complex_kinds
-        kinds = load_complex_kinds(complex_spatial, complex_action)
-    return {c: T2ICompBenchScorer(c, blip_path=blip, detector=det, clip=scorer_clip, complex_kinds=kinds,
-                                  device=device) for c in categories}
