@@ -51,6 +51,9 @@ class SamplerConfig:
                                         "divides by τ_logit × its routing temperature", min=1e-6)
     gumbel_temperature: float | None = opt(None, "start of the annealed Gumbel confidence noise τ_t (→ 0); null: the "
                                                  "family's own (Show-o 1, the others 2)", min=0)
+    negative_prompt: str | None = opt(None, "prompt of guidance's unconditional branch; null: the family's own "
+                                            "(none, except Meissonic's fixed list of defects, as its scripts and "
+                                            "MaskFocus use); \"\" turns it off")
 
 
 @dataclass(frozen=True)

@@ -206,6 +206,10 @@ def _check_run_info(path: Path, run_info: dict) -> None:
                 a, b = _local_paths_absolute(a), _local_paths_absolute(b)
             if key == "generator" and isinstance(a, dict) and isinstance(b, dict):
                 a, b = {**_GENERATOR_DEFAULTS, **a}, {**_GENERATOR_DEFAULTS, **b}
+                from maskfocus_cli.bench.report import with_sampler_defaults
+                for d in (a, b):
+                    if "sampler" in d:
+                        d["sampler"] = with_sampler_defaults(d["sampler"])
                 if "batch_size" not in a:  # recorded before routed runs recorded their batch size
                     b = {k: v for k, v in b.items() if k != "batch_size"}
             if a != b:
@@ -392,7 +396,7 @@ def run_geneval_like(out: str | Path, metadata: Sequence[dict], detector: Detect
                                                                            **generation.describe()}}
     jobs = make_jobs([m["prompt"] for m in metadata], generation.n, generation.seed, list(metadata))
     # a prompt the model cannot read (e.g. an unknown word) fails before OUT is touched
-    encoder = _encode_all(generation.adapter, {m["prompt"] for m in metadata})
+    encoder = _encode_all(generation.adapter, {m["prompt"] for m in metadata} | {generation.settings.negative_prompt})
     _claim_out(out, {geneval_prompt_dir(out, i) / "metadata.jsonl" for i in range(len(metadata))}
                | {geneval_sample_path(out, j.prompt_index, j.image_index) for j in jobs}, fresh)
     store = ResultsStore(out, ("prompt_index", "image_index"), run_info, fresh)
@@ -590,7 +594,8 @@ def run_t2i_compbench(out: str | Path, prompts_by_category: dict[str, Sequence[s
     n = generation.n
     plan = [(cat, make_jobs(list(prompts), n, generation.seed)) for cat, prompts in prompts_by_category.items()]
     # a prompt the model cannot read fails before OUT is touched
-    encoder = _encode_all(generation.adapter, {p for prompts in prompts_by_category.values() for p in prompts})
+    encoder = _encode_all(generation.adapter, {p for prompts in prompts_by_category.values() for p in prompts}
+                          | {generation.settings.negative_prompt})
     # prompts must be usable as file names
     planned = {t2i_sample_path(out / cat, j.prompt, j.prompt_index * n + j.image_index) for cat, jobs in plan
                for j in jobs}

@@ -115,6 +115,11 @@ def sampler_options(f: Callable) -> Callable:
     family = "[default: the model family's own"
     f = click.option("--gumbel", "gumbel", default=None, type=CheckedFloat(0.0),
                      help=f"Start of the annealed Gumbel noise on confidences (0 = greedy re-masking) {family}].")(f)
+    f = click.option("--negative-prompt", "negative_prompt", default=None, metavar="TEXT",
+                     help="Prompt of guidance's unconditional branch [default: the model family's own: none, except "
+                          "Meissonic, whose official scripts (and MaskFocus) use a fixed list of defects; '' turns "
+                          "it off]."
+                     )(f)
     f = click.option("--temperature", default=1.0, show_default=True, type=CheckedFloat(0.0, strict=True),
                      help="Logit temperature of token sampling.")(f)
     f = click.option("--schedule", default="cosine", show_default=True, type=click.Choice(["cosine", "linear"]),
@@ -127,14 +132,15 @@ def sampler_options(f: Callable) -> Callable:
 
 
 def settings_from(model_spec: str, steps: int | None, cfg: float | None, schedule: str, temperature: float,
-                  gumbel: float | None) -> SamplerSettings:
+                  gumbel: float | None, negative_prompt: str | None = None) -> SamplerSettings:
     """The sampler settings: what was given, else the model family's own (known from the spec, before loading)."""
     from maskfocus_cli.models.sampler_defaults import family_sampler
     d = family_sampler(model_spec)
     return SamplerSettings(steps=d.steps if steps is None else steps,
                            guidance_scale=d.guidance_scale if cfg is None else cfg, schedule=schedule,
                            logit_temperature=temperature,
-                           gumbel_temperature=d.gumbel_temperature if gumbel is None else gumbel)
+                           gumbel_temperature=d.gumbel_temperature if gumbel is None else gumbel,
+                           negative_prompt=d.negative_prompt if negative_prompt is None else negative_prompt.strip())
 
 
 def read_prompts(args: tuple[str, ...], prompts_file: str | None) -> tuple[list[str], list[dict | None]]:

@@ -19,7 +19,8 @@ DEFAULT_CLIP_ARCH = {"geneval": "ViT-L-14", "t2i-compbench": "ViT-B-32"}  # GenE
 #: parameter → flag of the options that only mean something when generating
 GENERATE_ONLY = {"model_spec": "--model", "checkpoint": "--checkpoint", "dtype": "--dtype", "n": "--n",
                  "seed": "--seed", "steps": "--steps", "cfg": "--cfg", "schedule": "--schedule",
-                 "temperature": "--temperature", "gumbel": "--gumbel", "batch_size": "--batch-size",
+                 "temperature": "--temperature", "gumbel": "--gumbel", "negative_prompt": "--negative-prompt",
+                 "batch_size": "--batch-size",
                  "num_prompts": "--num-prompts", "prompt_seed": "--prompt-seed", "prompt_file": "--metadata/--prompts",
                  "routing": "--routing"}
 
@@ -94,7 +95,7 @@ def _bar_callback(bar, label: str):
               help="Also write the table (and the --compare deltas) as markdown, with the command that made it.")
 @click.pass_context
 def evaluate(ctx, bench, images_dir, prompt_file, categories, model_spec, checkpoint, device, dtype, steps, cfg,
-             schedule, temperature, gumbel, n, seed, batch_size, score_batch_size, num_prompts, prompt_seed,
+             schedule, temperature, gumbel, negative_prompt, n, seed, batch_size, score_batch_size, num_prompts, prompt_seed,
              detector_path, clip, clip_arch, blip_path, complex_spatial, complex_action, out, compare,
              routing, fresh, markdown) -> None:
     """Score a model (or a folder of images) on GenEval, T2I-CompBench or the shapes bench.
@@ -149,7 +150,7 @@ def evaluate(ctx, bench, images_dir, prompt_file, categories, model_spec, checkp
     # prompts first: a malformed prompt file should fail before any model loads
     note = None
     if generating:
-        settings = settings_from(model_spec, steps, cfg, schedule, temperature, gumbel)
+        settings = settings_from(model_spec, steps, cfg, schedule, temperature, gumbel, negative_prompt)
         if bench == "t2i-compbench":
             if prompt_file is not None and len(cats) != 1:
                 raise ValueError("--prompts selects one category's prompt file: pass exactly one --category")

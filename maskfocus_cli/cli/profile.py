@@ -58,7 +58,7 @@ def profile_table(result, title: str = ""):
               help="Prompts shown in the x̂0 image strip of profile.png (0 = none).")
 @click.option("--out", "out", default="profile", show_default=True, metavar="DIR", help="Output folder.")
 def profile_steps(prompt_args, prompts_file, model_spec, checkpoint, device, dtype, steps, cfg, schedule,
-                  temperature, gumbel, n, seed, batch_size, embed, clip_model, clip_weights, top_k, routing,
+                  temperature, gumbel, negative_prompt, n, seed, batch_size, embed, clip_model, clip_weights, top_k, routing,
                   strip_prompts, out) -> None:
     """Profile per-step information gain and entropy; print one JSON line per (prompt, step).
 
@@ -73,7 +73,7 @@ def profile_steps(prompt_args, prompts_file, model_spec, checkpoint, device, dty
     from maskfocus_cli.models.loading import load_model
 
     prompts, _ = read_prompts(prompt_args, prompts_file)
-    settings = settings_from(model_spec, steps, cfg, schedule, temperature, gumbel)
+    settings = settings_from(model_spec, steps, cfg, schedule, temperature, gumbel, negative_prompt)
     check_profile_options(settings.steps, top_k, n, batch_size)
     check_seed_room(seed, list(prompts), n)
     if embed == "clip":  # fail on missing CLIP weights before loading any model
@@ -84,7 +84,7 @@ def profile_steps(prompt_args, prompts_file, model_spec, checkpoint, device, dty
     remove_if_left_empty(out)  # a failed run leaves no empty folder behind
     out_dir = ensure_writable_dir(out)
     adapter = load_model(model_spec, checkpoint, device, dtype)
-    adapter.encode_prompts(sorted(set(prompts)))  # reject bad prompts before any sampling
+    adapter.encode_prompts(sorted(set(prompts) | {settings.negative_prompt}))  # bad prompts: before any sampling
     try:
         embedder = make_embedder(embed, adapter, clip_model, clip_weights)
     except (RuntimeError, OSError, pickle.UnpicklingError, KeyError) as e:  # open_clip's loading errors
@@ -111,7 +111,8 @@ def profile_steps(prompt_args, prompts_file, model_spec, checkpoint, device, dty
         facts["batch_size"] = batch_size
     summary = result.summary(**facts, images_per_prompt=n, seed=seed,
                              cfg=settings.guidance_scale, schedule=schedule, temperature=temperature,
-                             gumbel=settings.gumbel_temperature, routing=routing)
+                             gumbel=settings.gumbel_temperature, negative_prompt=settings.negative_prompt,
+                             routing=routing)
     atomic_write_json(out_dir / "summary.json", summary)
     size = f"{plural(len(prompts), 'prompt')} × {plural(n, 'image')}"
     write_profile_plot(result, out_dir / "profile.png",

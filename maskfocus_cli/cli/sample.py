@@ -69,7 +69,7 @@ def check_no_earlier_run(out: Path) -> None:
               help="Sample with MaskFocus's entropy-based dynamic routing (as in training rollouts); "
                    + ROUTING_HELP + ".")
 def sample(prompt_args, prompts_file, model_spec, checkpoint, device, dtype, steps, cfg, schedule,
-           temperature, gumbel, n, seed, batch_size, out, layout, grid, routing) -> None:
+           temperature, gumbel, negative_prompt, n, seed, batch_size, out, layout, grid, routing) -> None:
     """Generate images for PROMPTs and print one JSON line per image.
 
     \b
@@ -80,18 +80,19 @@ def sample(prompt_args, prompts_file, model_spec, checkpoint, device, dtype, ste
     from maskfocus_cli.engine.sampling import mask_counts
     from maskfocus_cli.io.images import contact_sheet, save_png
     from maskfocus_cli.models.loading import load_model
+    from maskfocus_cli.models.sampler_defaults import describe_negative_prompt
 
     prompts, metas = read_prompts(prompt_args, prompts_file)
     if n < 1:
         raise ValueError(f"--n must be at least 1 (got {n})")
-    settings = settings_from(model_spec, steps, cfg, schedule, temperature, gumbel)
+    settings = settings_from(model_spec, steps, cfg, schedule, temperature, gumbel, negative_prompt)
     check_seed_room(seed, prompts, n)
     remove_if_left_empty(out)
     out_dir = ensure_writable_dir(out)
     check_no_earlier_run(out_dir)
     adapter = load_model(model_spec, checkpoint, device, dtype)
     mask_counts(adapter.num_tokens, settings.steps, settings.schedule)  # more steps than tokens: one line, now
-    adapter.encode_prompts(sorted(set(prompts)))  # reject bad prompts before any sampling
+    adapter.encode_prompts(sorted(set(prompts) | {settings.negative_prompt}))  # bad prompts: before any sampling
     from maskfocus_cli.engine.routing import make_router
     router = make_router(routing)
     if layout == "geneval":
@@ -109,6 +110,8 @@ def sample(prompt_args, prompts_file, model_spec, checkpoint, device, dtype, ste
                 row = {"path": str(path), "prompt": job.prompt, "seed": job.seed, "steps": settings.steps,
                        "cfg": settings.guidance_scale, "schedule": schedule, "temperature": temperature,
                        "gumbel": settings.gumbel_temperature,
+                       **({"negative_prompt": describe_negative_prompt(settings.negative_prompt)}
+                          if settings.negative_prompt else {}),
                        "model": model_spec, "dtype": dtype}
                 if checkpoint:
                     row["checkpoint"] = str(checkpoint)

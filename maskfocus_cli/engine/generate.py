@@ -57,7 +57,7 @@ def generate(adapter: MaskedT2IAdapter, jobs: Sequence[Job], settings: SamplerSe
     for start in range(0, len(jobs), batch_size):
         chunk = list(jobs[start:start + batch_size])
         cond = encoder([j.prompt for j in chunk])
-        uncond = encoder([""] * len(chunk))
+        uncond = encoder([settings.negative_prompt] * len(chunk))
         res = sample(adapter, cond, uncond, [j.seed for j in chunk], settings, router=router,
                      record=router is not None)
         explore = None

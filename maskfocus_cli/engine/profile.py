@@ -208,7 +208,7 @@ def profile_steps(adapter: MaskedT2IAdapter, prompts: Sequence[str], settings: S
     for start in range(0, len(jobs), batch_size):
         chunk = jobs[start:start + batch_size]
         cond = encoder([j.prompt for j in chunk])
-        uncond = encoder([""] * len(chunk))
+        uncond = encoder([settings.negative_prompt] * len(chunk))
         traj = sample(adapter, cond, uncond, [j.seed for j in chunk], settings, record=True,
                       router=router).trajectory
         sim, gain = (x.float().cpu() for x in batch_gain(traj, embedder))

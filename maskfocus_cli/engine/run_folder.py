@@ -70,7 +70,7 @@ def _scored(recipe: dict) -> dict:
 
 
 #: sampler fields that may be null in a recipe: the model family's own value (``models/sampler_defaults.py``)
-FAMILY_FIELDS = ("steps", "guidance_scale", "gumbel_temperature")
+FAMILY_FIELDS = ("steps", "guidance_scale", "gumbel_temperature", "negative_prompt")
 
 
 def _sampled(recipe: dict) -> dict:

@@ -33,6 +33,7 @@ class SamplerSettings:
     schedule: Schedule = "cosine"  #: mask-ratio schedule r_t
     logit_temperature: float = 1.0  #: τ_logit: p = softmax(ℓ / τ_logit)
     gumbel_temperature: float = 2.0  #: start of the annealed confidence-noise temperature τ_t
+    negative_prompt: str = ""  #: prompt of CFG's unconditional branch ("" = unconditional)
 
     def __post_init__(self) -> None:
         if self.steps < 1:

@@ -20,7 +20,8 @@ def sampler_settings(cfg, model_spec: str, inherit=None) -> SamplerSettings:
                 return getattr(source, key)
         return getattr(d, key)
     return SamplerSettings(steps=pick("steps"), guidance_scale=pick("guidance_scale"), schedule=cfg.schedule,
-                           logit_temperature=cfg.logit_temperature, gumbel_temperature=pick("gumbel_temperature"))
+                           logit_temperature=cfg.logit_temperature, gumbel_temperature=pick("gumbel_temperature"),
+                           negative_prompt=pick("negative_prompt"))
 
 
 def lr_factor(it: int, warmup: int, total: int, schedule: str) -> float:

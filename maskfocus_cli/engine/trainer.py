@@ -447,7 +447,7 @@ class Trainer:
         # 1. rollouts (policy in eval mode; the unwrapped module, no grad)
         self.policy.eval()
         cond = self.encoder(prompts)
-        uncond = self.encoder([""] * len(prompts))
+        uncond = self.encoder([self.settings.negative_prompt] * len(prompts))
         res = sample(self.adapter, cond, uncond, seeds, self.settings, record=True, router=self.router,
                      net=self.rollout_net)
         traj = res.trajectory

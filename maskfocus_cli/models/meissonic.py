@@ -13,7 +13,8 @@ reproduced here:
 * micro-conditions ``[width, height, 0, 0, 6]`` (pixels, crop, aesthetic score);
 * timestep: the scheduler's integer timestep ``T - 1 - step`` (the transformer
   multiplies it by 1000). Note the public *training* code feeds ``mask_ratio * 1000``
-  instead; ``timestep_mode="mask_ratio"`` selects that convention;
+  into that same forward (so the embedding sees ratio · 10⁶); ``timestep_mode="mask_ratio"``
+  selects that convention;
 * RoPE ids: text all zero, image (0, row, col) on the transformer's (downsampled) grid;
 * guidance ``l_u + w (l_c - l_u)``, Gumbel temperature ``linspace(2, 0, T)``.
 """
@@ -70,7 +71,7 @@ class MeissonicAdapter(AmusedAdapter):
         """The value the transformer receives (before its internal x1000)."""
         if self.timestep_mode == "pipeline":
             return float(step.total - 1 - step.index)
-        return float(step.mask_ratio)
+        return float(step.mask_ratio) * 1000.0  # as train_meissonic.py passes it: the forward's x1000 follows
 
     def call_transformer(self, net: nn.Module, tokens: torch.Tensor, cond: Cond,
                          step: StepInfo) -> torch.Tensor:

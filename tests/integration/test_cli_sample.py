@@ -184,3 +184,22 @@ def test_out_holding_an_earlier_run_is_refused(tmp_path, tiny_shapes_dir):
     res = run("sample", PROMPT, "--steps", 2, "--model", model, "--out", mine)
     assert res.exit_code == 0, res.output
     assert (mine / "00000-0000.png").is_file()
+
+
+def test_a_negative_prompt_steers_guidance_and_is_recorded(tiny_shapes_dir, tmp_path):
+    model = f"shapes:{tiny_shapes_dir}"
+    base = ["sample", "a photo of a red circle", "--model", model, "--steps", 4, "--n", 2]
+
+    def run(out, *extra):
+        res = CliRunner().invoke(main, [*base, "--out", str(tmp_path / out), *extra])
+        assert res.exit_code == 0, res.output
+        rows = [json.loads(line) for line in res.stdout.splitlines()]
+        return rows, [open(r["path"], "rb").read() for r in rows]
+    plain_rows, plain = run("a")
+    neg_rows, neg = run("b", "--negative-prompt", "a photo of a blue square")
+    assert "negative_prompt" not in plain_rows[0] and neg_rows[0]["negative_prompt"] == "a photo of a blue square"
+    assert neg != plain
+    again_rows, again = run("c", "--negative-prompt", neg_rows[0]["negative_prompt"])  # the row regenerates it
+    assert again == neg
+    res = CliRunner().invoke(main, [*base, "--negative-prompt", "a photo of a dragon", "--out", str(tmp_path / "d")])
+    assert res.exit_code == 2 and "dragon" in res.output and "Traceback" not in res.output

@@ -56,6 +56,12 @@ def test_timestep_follows_the_public_pipeline(adapter):
     assert not torch.allclose(a, b), "the timestep must reach the network"
 
 
+def test_training_timestep_convention_passes_the_mask_ratio_times_1000(folder):
+    """viiika/Meissonic's training script feeds mask_prob * 1000 into the forward that multiplies by 1000 again."""
+    ad = load(str(folder), timestep_mode="mask_ratio")
+    assert ad.timestep(StepInfo(index=3, total=8, mask_ratio=0.25)) == 250.0
+
+
 def test_image_rope_ids_are_row_col_on_the_downsampled_grid(adapter):
     # public _prepare_latent_image_ids(B, 2h', 2w'): ids[..., 1] = row, ids[..., 2] = col over h' x w'
     ids = adapter._img_ids

@@ -65,3 +65,32 @@ def test_runs_saved_with_explicit_sampler_values_resume_with_the_same_values_lef
     assert recipe_changes(saved, now) == []
     assert recipe_changes(saved, {**now, "sampler": {**now["sampler"], "guidance_scale": 4.0}}) == \
         ["sampler.guidance_scale: 3.0 → 4.0"]  # (eval grids may change on resume)
+
+
+def test_meissonic_s_guidance_runs_against_its_scripts_negative_prompt_and_others_against_none():
+    from maskfocus_cli.models.sampler_defaults import MEISSONIC_NEGATIVE_PROMPT, describe_negative_prompt
+    assert MEISSONIC_NEGATIVE_PROMPT.startswith("worst quality, normal quality, low quality")
+    assert settings_from("meissonic:/m", None, None, "cosine", 1.0, None).negative_prompt == MEISSONIC_NEGATIVE_PROMPT
+    assert settings_from("meissonic:/m", None, None, "cosine", 1.0, None, "").negative_prompt == ""  # turned off
+    assert settings_from("amused:/m", None, None, "cosine", 1.0, None).negative_prompt == ""
+    assert settings_from("shapes", None, None, "cosine", 1.0, None, " a red circle ").negative_prompt == "a red circle"
+    assert describe_negative_prompt(MEISSONIC_NEGATIVE_PROMPT) == "meissonic-default"
+    from maskfocus_cli.config import Recipe, build
+    from maskfocus_cli.engine.settings import sampler_settings
+    r = build(Recipe, {"model": {"spec": "meissonic:/m"}})
+    assert sampler_settings(r.sampler, r.model.spec).negative_prompt == MEISSONIC_NEGATIVE_PROMPT
+
+
+def test_runs_recorded_before_negative_prompts_still_resume_and_compare(tmp_path):
+    import json
+
+    from maskfocus_cli.bench.report import sample_differences
+    from maskfocus_cli.bench.runner import check_same_run
+    old_sampler = {"steps": 4, "guidance_scale": 3.0, "schedule": "cosine", "logit_temperature": 1.0,
+                   "gumbel_temperature": 2.0}
+    (tmp_path / "run.json").write_text(json.dumps({"bench": "shapes", "generator": {"sampler": old_sampler}}))
+    check_same_run(tmp_path, {"bench": "shapes", "generator": {"sampler": {**old_sampler, "negative_prompt": ""}}})
+    with pytest.raises(ValueError, match="different run"):
+        check_same_run(tmp_path, {"bench": "shapes",
+                                  "generator": {"sampler": {**old_sampler, "negative_prompt": "a red circle"}}})
+    assert sample_differences({"sampler": old_sampler}, {"sampler": {**old_sampler, "negative_prompt": ""}}) == []
