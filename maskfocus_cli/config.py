@@ -49,8 +49,8 @@ class SamplerConfig:
     schedule: str = opt("cosine", "mask-ratio schedule", choices=("cosine", "linear"))
     logit_temperature: float = opt(1.0, "τ_logit in p = softmax(logits / τ_logit); a routed (exploring) token "
                                         "divides by τ_logit × its routing temperature", min=1e-6)
-    gumbel_temperature: float | None = opt(None, "start of the annealed Gumbel confidence noise τ_t (→ 0); null: the "
-                                                 "family's own (Show-o 1, the others 2)", min=0)
+    gumbel_temperature: float | None = opt(None, "start of the annealed Gumbel confidence noise τ_t (→ 0); null: "
+                                                 "the family's own (Show-o 1, the others 2)", min=0)
     negative_prompt: str | None = opt(None, "prompt of guidance's unconditional branch; null: the family's own "
                                             "(none, except Meissonic's fixed list of defects, as its scripts and "
                                             "MaskFocus use); \"\" turns it off")

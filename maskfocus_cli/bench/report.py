@@ -151,8 +151,8 @@ def precision_line(summary: dict) -> str | None:
     if summary.get("bench") not in GENEVAL_LIKE or not totals or se is None:
         return None
     each = f"{totals[0]}" if len(set(totals)) == 1 else f"{min(totals)}–{max(totals)}"
-    return (f"images per tag: {each} · overall ± {se:.3f} (s.e.): differences under ~{2 * se:.2f} are within "
-            "the bench's noise")
+    return (f"images per tag: {each} · overall ± {se:.3f} binomial s.e. (a lower bound: a prompt's images are "
+            f"alike); differences under ~{2 * se:.2f} are noise")
 
 
 def _title(summary: dict) -> str:

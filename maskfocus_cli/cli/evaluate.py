@@ -95,8 +95,8 @@ def _bar_callback(bar, label: str):
               help="Also write the table (and the --compare deltas) as markdown, with the command that made it.")
 @click.pass_context
 def evaluate(ctx, bench, images_dir, prompt_file, categories, model_spec, checkpoint, device, dtype, steps, cfg,
-             schedule, temperature, gumbel, negative_prompt, n, seed, batch_size, score_batch_size, num_prompts, prompt_seed,
-             detector_path, clip, clip_arch, blip_path, complex_spatial, complex_action, out, compare,
+             schedule, temperature, gumbel, negative_prompt, n, seed, batch_size, score_batch_size, num_prompts,
+             prompt_seed, detector_path, clip, clip_arch, blip_path, complex_spatial, complex_action, out, compare,
              routing, fresh, markdown) -> None:
     """Score a model (or a folder of images) on GenEval, T2I-CompBench or the shapes bench.
 

@@ -58,8 +58,8 @@ def profile_table(result, title: str = ""):
               help="Prompts shown in the x̂0 image strip of profile.png (0 = none).")
 @click.option("--out", "out", default="profile", show_default=True, metavar="DIR", help="Output folder.")
 def profile_steps(prompt_args, prompts_file, model_spec, checkpoint, device, dtype, steps, cfg, schedule,
-                  temperature, gumbel, negative_prompt, n, seed, batch_size, embed, clip_model, clip_weights, top_k, routing,
-                  strip_prompts, out) -> None:
+                  temperature, gumbel, negative_prompt, n, seed, batch_size, embed, clip_model, clip_weights, top_k,
+                  routing, strip_prompts, out) -> None:
     """Profile per-step information gain and entropy; print one JSON line per (prompt, step).
 
     \b

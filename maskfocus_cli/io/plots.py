@@ -217,7 +217,7 @@ def heldout_curves(runs: dict[str, list[tuple[float, dict]]], path: str | Path, 
               + ([base["overall"] + 0.15] if base else []))
     axes[0].set_ylim(0.0, min(1.0, top + 0.1))  # from 0: a change of one image must not look like a collapse
     axes[0].set_xlabel("wall-clock minutes of training")
-    axes[0].set_ylabel("benchmark overall (± s.e.)")
+    axes[0].set_ylabel("benchmark overall (± binomial s.e.)")
     axes[0].legend(loc="lower right", fontsize=8)
     axes[1].set_xlabel("wall-clock minutes of training")
     axes[1].set_ylabel("benchmark tag score")

@@ -28,7 +28,8 @@ def test_mask_grpo_scores_every_step_or_the_first_r():
     est = make_estimator(recipe(algorithm="mask-grpo"), adapter=None, settings=SamplerSettings(steps=12))
     assert isinstance(est, MaskGRPOEstimator) and not est.uses_reference
     assert est.choose_steps(ctx(12), sub=None, it=0).tolist() == list(range(12))
-    est = make_estimator(recipe(algorithm="mask-grpo", reduction_steps=5), adapter=None, settings=SamplerSettings(steps=12))
+    est = make_estimator(recipe(algorithm="mask-grpo", reduction_steps=5), adapter=None,
+                         settings=SamplerSettings(steps=12))
     assert est.choose_steps(ctx(12), sub=None, it=0).tolist() == [0, 1, 2, 3, 4]
 
 
