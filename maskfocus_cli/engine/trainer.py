@@ -139,6 +139,9 @@ class Trainer:
         if self.cfg.algorithm != "pretrain":
             self.prompts = load_prompt_source(recipe.data.prompts)
             check_vocabulary(self.adapter, self.prompts, "data.prompts")
+            for key, st in (("sampler.negative_prompt", self.settings), ("eval_sampler.negative_prompt",
+                                                                        self.eval_settings)):
+                check_vocabulary(self.adapter, [(st.negative_prompt, None)], key)
             if self.acc.is_main_process:
                 warn_heldout_training(recipe, self.adapter, self.prompts, self.log)
             self.prompt_weights = prompt_weights(self.prompts, recipe.data.tag_weights, recipe.data.prompts)

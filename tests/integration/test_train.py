@@ -699,3 +699,12 @@ def test_training_on_the_bench_s_held_out_prompts_is_said(tmp_path, tiny_shapes_
     said.clear()
     Trainer(load_recipe(p, ["data.prompts=shapes:train"]), log=said.append)
     assert not any("held-out" in m for m in said)
+
+
+def test_a_negative_prompt_the_model_cannot_read_fails_before_the_run(tmp_path, tiny_shapes_dir):
+    p = recipe_file(tmp_path, tiny_shapes_dir, out="neg")
+    res = CliRunner().invoke(main, ["train", str(p), "--set", "sampler.negative_prompt=a purple dragon"])
+    assert res.exit_code == 2 and "sampler.negative_prompt" in res.output and "dragon" in res.output, res.output
+    assert not (tmp_path / "neg").exists()
+    rows = Trainer(load_recipe(p, ["sampler.negative_prompt=a photo of a red circle", "train.iterations=1"])).run()
+    assert math.isfinite(rows[0]["loss"])
