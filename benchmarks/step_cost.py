@@ -39,7 +39,7 @@ def rollout(trainer, images: int):
     """One rollout batch + advantages, shared by every estimator timed below."""
     from maskfocus_cli.engine.sampling import sample
     prompts = [trainer.prompts[i][0] for i in range(images // 4) for _ in range(4)]
-    cond, uncond = trainer.encoder(prompts), trainer.encoder([""] * images)
+    cond, uncond = trainer.encoder(prompts), trainer.encoder([trainer.settings.negative_prompt] * images)
     res = sample(trainer.adapter, cond, uncond, list(range(images)), trainer.settings, record=True,
                  net=trainer.policy)
     adv = torch.randn(images)

@@ -151,8 +151,9 @@ def precision_line(summary: dict) -> str | None:
     if summary.get("bench") not in GENEVAL_LIKE or not totals or se is None:
         return None
     each = f"{totals[0]}" if len(set(totals)) == 1 else f"{min(totals)}–{max(totals)}"
+    # two runs' difference has s.e. √2·se: ~2 of those before a difference means anything
     return (f"images per tag: {each} · overall ± {se:.3f} binomial s.e. (a lower bound: a prompt's images are "
-            f"alike); differences under ~{2 * se:.2f} are noise")
+            f"alike); two runs closer than ~{2 * math.sqrt(2) * se:.2f} are not told apart")
 
 
 def _title(summary: dict) -> str:

@@ -197,6 +197,21 @@ def _local_paths_absolute(info: dict) -> dict:
     return out
 
 
+def _differences(a, b, limit: int = 3) -> str:
+    """'k: recorded → this run' for the (nested) fields that differ, long values shortened."""
+    from maskfocus_cli.config import flatten
+
+    def short(v) -> str:
+        text = json.dumps(v)
+        return text if len(text) <= 60 else text[:57] + '..."'
+    if not (isinstance(a, dict) and isinstance(b, dict)):
+        return f"{short(a)} → {short(b)}"
+    fa, fb = flatten(a), flatten(b)
+    keys = sorted(k for k in set(fa) | set(fb) if fa.get(k) != fb.get(k))
+    more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
+    return "; ".join(f"{k}: {short(fa.get(k))} → {short(fb.get(k))}" for k in keys[:limit]) + more
+
+
 def _check_run_info(path: Path, run_info: dict) -> None:
     old = _read_json_or_empty(path)
     for key in ("bench", "scorer", "generator"):
@@ -214,8 +229,7 @@ def _check_run_info(path: Path, run_info: dict) -> None:
                     b = {k: v for k, v in b.items() if k != "batch_size"}
             if a != b:
                 raise ValueError(f"{path.parent} holds results of a different run ({key} differs: "
-                                 f"{json.dumps(old[key])} vs {json.dumps(run_info[key])}); choose a new --out "
-                                 f"or pass --fresh to discard them")
+                                 f"{_differences(a, b)}); choose a new --out or pass --fresh to discard them")
 
 
 def _claim_out(out: Path, planned: set[Path], fresh: bool) -> None:

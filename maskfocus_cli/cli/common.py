@@ -140,7 +140,7 @@ def settings_from(model_spec: str, steps: int | None, cfg: float | None, schedul
                            guidance_scale=d.guidance_scale if cfg is None else cfg, schedule=schedule,
                            logit_temperature=temperature,
                            gumbel_temperature=d.gumbel_temperature if gumbel is None else gumbel,
-                           negative_prompt=d.negative_prompt if negative_prompt is None else negative_prompt.strip())
+                           negative_prompt=d.negative_prompt if negative_prompt is None else negative_prompt)
 
 
 def read_prompts(args: tuple[str, ...], prompts_file: str | None) -> tuple[list[str], list[dict | None]]:

@@ -80,7 +80,6 @@ def sample(prompt_args, prompts_file, model_spec, checkpoint, device, dtype, ste
     from maskfocus_cli.engine.sampling import mask_counts
     from maskfocus_cli.io.images import contact_sheet, save_png
     from maskfocus_cli.models.loading import load_model
-    from maskfocus_cli.models.sampler_defaults import describe_negative_prompt
 
     prompts, metas = read_prompts(prompt_args, prompts_file)
     if n < 1:
@@ -110,8 +109,7 @@ def sample(prompt_args, prompts_file, model_spec, checkpoint, device, dtype, ste
                 row = {"path": str(path), "prompt": job.prompt, "seed": job.seed, "steps": settings.steps,
                        "cfg": settings.guidance_scale, "schedule": schedule, "temperature": temperature,
                        "gumbel": settings.gumbel_temperature,
-                       **({"negative_prompt": describe_negative_prompt(settings.negative_prompt)}
-                          if settings.negative_prompt else {}),
+                       **({"negative_prompt": settings.negative_prompt} if settings.negative_prompt else {}),
                        "model": model_spec, "dtype": dtype}
                 if checkpoint:
                     row["checkpoint"] = str(checkpoint)

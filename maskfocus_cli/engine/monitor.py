@@ -24,9 +24,11 @@ def standard_samples(adapter: MaskedT2IAdapter, net: nn.Module, encoder: PromptE
     step = max(1, micro_batch)
     for lo in range(0, len(prompts), step):
         p = prompts[lo:lo + step]
-        res = sample(adapter, encoder(p), encoder([settings.negative_prompt] * len(p)), seeds[lo:lo + step],
-                     settings, net=net)
-        yield lo, adapter.decode(res.tokens)
+        with torch.no_grad():
+            res = sample(adapter, encoder(p), encoder([settings.negative_prompt] * len(p)), seeds[lo:lo + step],
+                         settings, net=net)
+            images = adapter.decode(res.tokens)
+        yield lo, images
 
 
 def validation_reward(reward, samples, rows: list[tuple[str, dict | None]], seeds: list[int]) -> dict:

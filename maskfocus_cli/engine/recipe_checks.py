@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Callable
 
 from maskfocus_cli.config import Recipe
-from maskfocus_cli.engine.data import distinct_prompts, load_prompt_source
+from maskfocus_cli.engine.data import load_prompt_source
 from maskfocus_cli.models.base import MaskedT2IAdapter
 
 Rows = list[tuple[str, dict | None]]
@@ -23,8 +23,8 @@ def check_metadata_for_reward(recipe: Recipe, prompts: Rows, reward_fn=None) -> 
     d = recipe.data
     sources = [("data.prompts", d.prompts, prompts)]
     if recipe.output.validate_every > 0:
-        sources.append(("data.eval_prompts", d.eval_prompts, distinct_prompts(d.eval_prompts,
-                                                                              d.num_validation_prompts)))
+        sources.append(("data.eval_prompts", d.eval_prompts,
+                        load_prompt_source(d.eval_prompts)[:d.num_validation_prompts]))
     for key, source, rows in sources:
         plain = [p for p, m in rows if m is None]
         if plain:

@@ -71,6 +71,8 @@ def _scored(recipe: dict) -> dict:
 
 #: sampler fields that may be null in a recipe: the model family's own value (``models/sampler_defaults.py``)
 FAMILY_FIELDS = ("steps", "guidance_scale", "gumbel_temperature", "negative_prompt")
+#: sampler fields recipes of earlier versions did not have, with the value those runs sampled with
+ADDED_FIELDS = {"negative_prompt": ""}
 
 
 def _sampled(recipe: dict) -> dict:
@@ -82,14 +84,14 @@ def _sampled(recipe: dict) -> dict:
         family = family_sampler(str((recipe.get("model") or {}).get("spec", "shapes")))
     except ValueError:
         return recipe
-    sampler = dict(recipe.get("sampler") or {})
+    sampler = {**ADDED_FIELDS, **(recipe.get("sampler") or {})}  # absent: an earlier version's run
     for key in FAMILY_FIELDS:
         if sampler.get(key) is None:
             sampler[key] = getattr(family, key)
     out = {**recipe, "sampler": sampler}
     if isinstance(recipe.get("eval_sampler"), dict):
-        out["eval_sampler"] = {**recipe["eval_sampler"], **{k: sampler[k] for k in FAMILY_FIELDS
-                                                            if recipe["eval_sampler"].get(k) is None}}
+        ev = {**ADDED_FIELDS, **recipe["eval_sampler"]}
+        out["eval_sampler"] = {**ev, **{k: sampler[k] for k in FAMILY_FIELDS if ev.get(k) is None}}
     return out
 
 

@@ -136,12 +136,12 @@ class Trainer:
         self.stop_requested = False  #: set from a signal handler: stop after the current iteration
         self.terminated = False  #: the loop stopped on that request (not at its end or time budget)
         check_eval_prompts(recipe, self.adapter)
+        for key, st in (("sampler.negative_prompt", self.settings), ("eval_sampler.negative_prompt",
+                                                                    self.eval_settings)):  # grids use it too
+            check_vocabulary(self.adapter, [(st.negative_prompt, None)], key)
         if self.cfg.algorithm != "pretrain":
             self.prompts = load_prompt_source(recipe.data.prompts)
             check_vocabulary(self.adapter, self.prompts, "data.prompts")
-            for key, st in (("sampler.negative_prompt", self.settings), ("eval_sampler.negative_prompt",
-                                                                        self.eval_settings)):
-                check_vocabulary(self.adapter, [(st.negative_prompt, None)], key)
             if self.acc.is_main_process:
                 warn_heldout_training(recipe, self.adapter, self.prompts, self.log)
             self.prompt_weights = prompt_weights(self.prompts, recipe.data.tag_weights, recipe.data.prompts)
@@ -651,7 +651,8 @@ class Trainer:
 
     def validation_reward(self) -> dict:
         """The standard sampler's reward on fixed eval prompts (``monitor.validation_reward``)."""
-        rows = distinct_prompts(self.recipe.data.eval_prompts, self.recipe.data.num_validation_prompts)
+        # the source's own rows (tag-balanced for shapes:heldout, repeats included), unlike the grids' distinct ones
+        rows = load_prompt_source(self.recipe.data.eval_prompts)[:self.recipe.data.num_validation_prompts]
         seeds = [derive_seed(self.cfg.seed, "validation", i) for i in range(len(rows) * SEEDS_PER_PROMPT)]
         return validation_reward(self.reward, self._standard_samples, rows, seeds)
 

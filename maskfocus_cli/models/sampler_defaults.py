@@ -60,10 +60,3 @@ def defaults_help() -> str:
     names = {"shapes": "shapes", "amused": "aMUSEd", "meissonic": "Meissonic", "showo": "Show-o"}
     return "; ".join(f"{names[f]} {d.steps} / {d.guidance_scale:g} / {d.gumbel_temperature:g}"
                      for f, d in FAMILY_SAMPLERS.items())
-
-
-def describe_negative_prompt(text: str) -> str:
-    """A negative prompt for messages and rows: short ones whole, Meissonic's by name."""
-    if text == MEISSONIC_NEGATIVE_PROMPT:
-        return "meissonic-default"
-    return text

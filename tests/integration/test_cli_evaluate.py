@@ -248,7 +248,7 @@ def test_fewer_prompts_into_an_earlier_run_are_refused_and_fresh_replaces_it(tin
     before = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
     smaller = [*args, "--num-prompts", "3", "--out", str(out)]
     assert_user_error(invoke(*smaller), "00003/metadata.jsonl", "--fresh", "new --out")
-    assert_user_error(invoke(*args, "--n", "1", "--out", str(out)), "different run", '"n": 1', "--fresh")
+    assert_user_error(invoke(*args, "--n", "1", "--out", str(out)), "different run", 'n: 2 → 1', "--fresh")
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before  # refused: nothing changed
     # result rows of images that are gone are refused too (the summary would skip them; the file would not)
     import shutil
@@ -288,7 +288,7 @@ def test_dtype_is_recorded_and_part_of_the_resume_check(tiny_shapes, tmp_path):
     assert stdout_json(first)["dtype"] == "fp32"
     assert json.loads((out / "run.json").read_text())["generator"]["dtype"] == "fp32"
     # bf16 images must not be reported as a resume of the fp32 ones (nor the reverse)
-    assert_user_error(invoke(*args, "--dtype", "bf16", "--out", str(out)), "different run", '"dtype": "bf16"',
+    assert_user_error(invoke(*args, "--dtype", "bf16", "--out", str(out)), "different run", 'dtype: "fp32" → "bf16"',
                       "--fresh")
     assert_user_error(invoke("--bench", "shapes", "--images", str(out), "--dtype", "bf16"), "--dtype",
                       "drop --images")
@@ -558,4 +558,4 @@ def test_a_stale_out_is_refused_before_any_model_or_scorer_loads(tiny_shapes, tm
         raise AssertionError("loaded before the run was checked")
     monkeypatch.setattr(loading, "load_model", must_not_load)
     monkeypatch.setattr(detector, "ShapesDetector", must_not_load)
-    assert_user_error(invoke(*args, "--seed", "5"), "different run", '"seed": 5', "--fresh")
+    assert_user_error(invoke(*args, "--seed", "5"), "different run", 'seed: 0 → 5', "--fresh")

@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +12,8 @@ from maskfocus_cli.cli import main
 from maskfocus_cli.config import load_recipe
 from maskfocus_cli.engine.trainer import Trainer
 from maskfocus_cli.io.checkpoint import read_weights
+
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 
 RECIPE = """
 model: {{spec: "shapes:{model}"}}
@@ -708,3 +711,10 @@ def test_a_negative_prompt_the_model_cannot_read_fails_before_the_run(tmp_path, 
     assert not (tmp_path / "neg").exists()
     rows = Trainer(load_recipe(p, ["sampler.negative_prompt=a photo of a red circle", "train.iterations=1"])).run()
     assert math.isfinite(rows[0]["loss"])
+
+
+def test_pretraining_checks_the_grids_negative_prompt_before_it_trains(tmp_path):
+    res = CliRunner().invoke(main, [str(x) for x in ["train", RECIPES / "shapes-pretrain.yaml", "--set",
+                                                     "sampler.negative_prompt=blorp", "--out", tmp_path / "pre"]])
+    assert res.exit_code == 2 and "sampler.negative_prompt" in res.output and "blorp" in res.output, res.output
+    assert not (tmp_path / "pre").exists()

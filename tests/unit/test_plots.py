@@ -89,4 +89,4 @@ def test_what_the_panels_leave_out_by_hand():
     assert overall_stderr({"counts": {"a": {"correct": 4, "total": 4}}}) > 0  # 4/4 is not certainty
     assert overall_stderr({"overall": 0.5}) is None
     line = precision_line({**summary, "bench": "shapes"})
-    assert line.startswith("images per tag: 2–4 · overall ± 0.212 binomial s.e.") and "under ~0.42 are noise" in line
+    assert line.startswith("images per tag: 2–4 · overall ± 0.212 binomial s.e.") and "closer than ~0.60" in line

@@ -68,13 +68,12 @@ def test_runs_saved_with_explicit_sampler_values_resume_with_the_same_values_lef
 
 
 def test_meissonic_s_guidance_runs_against_its_scripts_negative_prompt_and_others_against_none():
-    from maskfocus_cli.models.sampler_defaults import MEISSONIC_NEGATIVE_PROMPT, describe_negative_prompt
+    from maskfocus_cli.models.sampler_defaults import MEISSONIC_NEGATIVE_PROMPT
     assert MEISSONIC_NEGATIVE_PROMPT.startswith("worst quality, normal quality, low quality")
     assert settings_from("meissonic:/m", None, None, "cosine", 1.0, None).negative_prompt == MEISSONIC_NEGATIVE_PROMPT
     assert settings_from("meissonic:/m", None, None, "cosine", 1.0, None, "").negative_prompt == ""  # turned off
     assert settings_from("amused:/m", None, None, "cosine", 1.0, None).negative_prompt == ""
-    assert settings_from("shapes", None, None, "cosine", 1.0, None, " a red circle ").negative_prompt == "a red circle"
-    assert describe_negative_prompt(MEISSONIC_NEGATIVE_PROMPT) == "meissonic-default"
+    assert settings_from("shapes", None, None, "cosine", 1.0, None, "a red circle").negative_prompt == "a red circle"
     from maskfocus_cli.config import Recipe, build
     from maskfocus_cli.engine.settings import sampler_settings
     r = build(Recipe, {"model": {"spec": "meissonic:/m"}})
@@ -94,3 +93,14 @@ def test_runs_recorded_before_negative_prompts_still_resume_and_compare(tmp_path
         check_same_run(tmp_path, {"bench": "shapes",
                                   "generator": {"sampler": {**old_sampler, "negative_prompt": "a red circle"}}})
     assert sample_differences({"sampler": old_sampler}, {"sampler": {**old_sampler, "negative_prompt": ""}}) == []
+
+
+def test_a_meissonic_run_saved_before_negative_prompts_resumes_only_with_none():
+    """Its recipe has no negative_prompt key and it sampled against "": resuming with the new default (the
+    scripts' list) would change what it computes, so that is the change reported; "" continues it."""
+    from maskfocus_cli.engine.run_folder import recipe_changes
+    saved = {"model": {"spec": "meissonic:/m"}, "sampler": {"steps": 64, "guidance_scale": 5.0,
+                                                            "gumbel_temperature": 2.0}}
+    now = {"model": {"spec": "meissonic:/m"}, "sampler": {**saved["sampler"], "negative_prompt": None}}
+    assert [c.split(":")[0] for c in recipe_changes(saved, now)] == ["sampler.negative_prompt"]
+    assert recipe_changes(saved, {**now, "sampler": {**now["sampler"], "negative_prompt": ""}}) == []
