@@ -333,14 +333,16 @@ def read_yaml(path: Path, _seen: tuple = ()) -> dict:
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """Apply ``a.b=value`` overrides (values parsed as YAML: 3, 1e-4, true, [1, 2])."""
+    """Apply ``a.b=value`` overrides (values parsed as YAML: 3, 1e-4, true, [1, 2]). ``a.b=`` (nothing) is the
+    empty string, as a shell user means it (YAML would read null, which for ``sampler.negative_prompt`` means
+    the family default: the opposite); ``a.b=null`` is null."""
     data = dict(data)
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.lr=1e-5")
         key, raw = item.split("=", 1)
         try:
-            value = yaml.safe_load(raw)
+            value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
             value = raw
         parts = key.strip().split(".")

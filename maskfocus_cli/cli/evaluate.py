@@ -140,6 +140,9 @@ def evaluate(ctx, bench, images_dir, prompt_file, categories, model_spec, checkp
         raise ValueError(f"{' and '.join(draw)} draw from the built-in held-out shapes prompts; {source} is used "
                          "whole (pass a shorter --metadata file for a quick check)")
     other = report.read_summary(compare) if compare else None  # a bad --compare fails before any work
+    if other is not None and other.get("bench") != bench:
+        raise ValueError(f"--compare {compare} is a {other.get('bench')!r} run; this is a {bench!r} run: compare runs "
+                         "of the same bench")
     n = n or runner.DEFAULT_N[bench]
     cats = list(categories) or list(T2I_SCORED)
     if images_dir is not None and bench == "t2i-compbench" and not categories:

@@ -12,6 +12,28 @@ from maskfocus_cli.models.base import MaskedT2IAdapter
 Rows = list[tuple[str, dict | None]]
 
 
+#: how the shipped real-model recipes mark what a user must fill in
+PLACEHOLDERS = ("/path/to/",)
+
+
+def check_placeholders(recipe: Recipe) -> None:
+    """Every FILL-IN value of a recipe in one message, before any model loads (one at a time, each after a
+    model load and a queue wait, is how a cluster user would otherwise find them)."""
+    from maskfocus_cli.config import flatten, to_dict
+    data = to_dict(recipe)
+    flat = flatten({k: v for k, v in data.items() if k != "rewards"})
+    for i, r in enumerate(data.get("rewards") or ()):
+        flat.update(flatten(r.get("options") or {}, f"rewards.{i}.options."))
+    todo = [k for k, v in flat.items() if isinstance(v, str) and any(p in v for p in PLACEHOLDERS)
+            and (k != "data.eval_prompts" or eval_prompts_used(recipe))]
+    spec = recipe.model.spec
+    if ":" in spec and not spec.split(":", 1)[1].strip() and not spec.startswith("shapes"):
+        todo.insert(0, "model.spec")
+    if todo:
+        raise ValueError(f"the recipe still has placeholders to fill in: {', '.join(todo)} (e.g. --set "
+                         f"{todo[0]}=...; the recipe's comments say what each one is)")
+
+
 def check_metadata_for_reward(recipe: Recipe, prompts: Rows, reward_fn=None) -> None:
     """A reward that scores by GenEval metadata (``geneval``) cannot score plain prompts: say which prompt
     file lacks them now, not after the reward's weights loaded and the first rollout (or validation) ran."""
@@ -45,11 +67,16 @@ def warn_heldout_training(recipe: Recipe, adapter: MaskedT2IAdapter, prompts: Ro
             "`maskfocus evaluate --bench shapes` scores: its results would not be held-out (train on shapes:train)")
 
 
+def eval_prompts_used(recipe: Recipe) -> bool:
+    """Sample grids or validation read ``data.eval_prompts``; with neither it may stay a placeholder."""
+    d, o = recipe.data, recipe.output
+    return d.num_eval_prompts > 0 or (o.validate_every > 0 and recipe.train.algorithm != "pretrain")
+
+
 def check_eval_prompts(recipe: Recipe, adapter: MaskedT2IAdapter) -> None:
     """A bad ``data.eval_prompts`` fails now, not at the first grid (or after the last iteration)."""
-    d, o = recipe.data, recipe.output
-    used = d.num_eval_prompts > 0 or (o.validate_every > 0 and recipe.train.algorithm != "pretrain")
-    if not used:
+    d = recipe.data
+    if not eval_prompts_used(recipe):
         return
     try:
         rows = load_prompt_source(d.eval_prompts)
@@ -70,3 +97,13 @@ def check_vocabulary(adapter: MaskedT2IAdapter, rows: Rows, key: str) -> None:
         adapter.encode_prompts(sorted({p for p, _ in rows}))
     except ValueError as e:
         raise ValueError(f"{key}: {e}") from None
+
+
+def check_distributed_type(distributed_type: str) -> None:
+    """DDP (one or many GPUs and nodes, or gloo ranks on CPUs) is what the trainer is built and tested for.
+    Under DeepSpeed every backward would also step the optimiser and rank 0 would save only its optimiser shard;
+    under FSDP rank 0 alone would gather the state dict. Refused, not run wrong."""
+    kind = distributed_type.rsplit(".", 1)[-1].upper()
+    if kind in ("DEEPSPEED", "FSDP"):
+        raise ValueError(f"accelerate launched this run with {kind}, which maskfocus train does not support yet: "
+                         "launch with DDP (accelerate launch --multi_gpu ...) and, for memory, train.lora_rank")

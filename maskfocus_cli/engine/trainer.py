@@ -14,6 +14,7 @@ every rank normalises advantages over the whole group.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import random
 import shutil
@@ -33,7 +34,8 @@ from maskfocus_cli.engine.grpo import group_advantages
 from maskfocus_cli.engine.lora import AdapterDisabled, add_lora
 from maskfocus_cli.engine.metrics import mean_std, reward_by_tag
 from maskfocus_cli.engine.monitor import SEEDS_PER_PROMPT, copy_grid, standard_samples, validation_reward, write_grid
-from maskfocus_cli.engine.recipe_checks import (check_eval_prompts, check_metadata_for_reward, check_vocabulary,
+from maskfocus_cli.engine.recipe_checks import (check_distributed_type, check_eval_prompts,
+                                                check_metadata_for_reward, check_placeholders, check_vocabulary,
                                                 warn_heldout_training)
 from maskfocus_cli.engine.routing import make_router
 from maskfocus_cli.engine.run_folder import (checkpoint_dirs, find_resume, holds_run, inside, recipe_changes,
@@ -76,6 +78,7 @@ class Trainer:
         self.recipe = recipe
         self.cfg = recipe.train
         self.log = log or (lambda msg: None)
+        check_placeholders(recipe)  # every FILL-IN at once, before anything (accelerate, models) starts
         if accelerator is None:
             from maskfocus_cli.models.loading import resolve_device
             device = resolve_device(recipe.model.device)  # a bad value or a missing GPU: a clear error
@@ -84,6 +87,7 @@ class Trainer:
                                  "or no")
             accelerator = Accelerator(mixed_precision=self.cfg.mixed_precision, cpu=device.type == "cpu")
         self.acc = accelerator
+        check_distributed_type(str(getattr(self.acc, "distributed_type", "NO")))
         self.run_dir = Path(recipe.output.dir)
         if self.cfg.algorithm == "pretrain" and self.cfg.batch_size % self.acc.num_processes:
             raise ValueError(f"train.batch_size = {self.cfg.batch_size} scenes must split evenly over "
@@ -208,6 +212,9 @@ class Trainer:
             atomic_write_json(tmp / "trainer.json", {
                 "iteration": it, "algorithm": self.cfg.algorithm, "model": absolute_spec(self.recipe.model.spec),
                 "elapsed_seconds": round(self.elapsed(), 3),
+                # what null sampler fields resolved to: the record, and a resume check that survives a change
+                # of a family's defaults between versions
+                "sampler": dataclasses.asdict(self.settings), "eval_sampler": dataclasses.asdict(self.eval_settings),
                 "recipe": to_dict(self.recipe), "last_metrics": self.state.history[-1] if self.state.history else {}})
 
         if self.acc.is_main_process:
@@ -270,8 +277,14 @@ class Trainer:
             raise CheckpointError(f"--resume latest: no checkpoint in {self.run_dir / 'checkpoints'} (check --out / "
                                   "output.dir, or drop --resume to start a new run there)")
         if ckpt is not None:
-            saved = read_json(ckpt / "trainer.json").get("recipe")
+            info = read_json(ckpt / "trainer.json")
+            saved = info.get("recipe")
             changes = recipe_changes(saved, to_dict(self.recipe)) if isinstance(saved, dict) else []
+            sampled = info.get("sampler")
+            if isinstance(sampled, dict) and not changes:  # the settings the run really sampled with
+                now = dataclasses.asdict(self.settings)
+                changes = [f"sampler.{k} (resolved): {sampled.get(k)!r} → {v!r}" for k, v in now.items()
+                           if k in sampled and sampled[k] != v]
             if changes:
                 more = f" (+{len(changes) - 3} more)" if len(changes) > 3 else ""
                 raise CheckpointError(f"--resume {ckpt}: the recipe differs from the run's ({'; '.join(changes[:3])}"

@@ -50,6 +50,7 @@ def export_checkpoint(checkpoint: str | Path, to: str | Path, dtype: str = "fp32
         raise ValueError(f"export is not supported for the {family!r} family yet")
     adapter.save(out)
     card = {"base_model": spec, "algorithm": info.get("algorithm"), "iteration": info.get("iteration"),
+            "eval_sampler": info.get("eval_sampler"),
             "dtype": dtype, "source_checkpoint": str(ckpt), "final_metrics": info.get("last_metrics", {}),
             "recipe": info.get("recipe", {})}
     atomic_write_bytes(out / "README.md", model_card(card, family).encode())
@@ -112,9 +113,29 @@ def model_card(card: dict, family: str) -> str:
         where = f" (metrics.jsonl row `iteration: {last}`)" if last is not None else ""
         lines += ["", f"## Final metrics: the last training iteration{where}", ""]
         lines += [f"* {k}: {v:.6g}" if isinstance(v, float) else f"* {k}: {v}" for k, v in flat.items()]
-    lines += ["", f"Load it with `maskfocus sample --model {family}:THIS_FOLDER \"a prompt\"`.", "",
+    lines += ["", f"Load it with `maskfocus sample --model {family}:THIS_FOLDER{sampled_as(card, family)} \"a prompt\"`"
+              + (" (the settings its sample grids and validation used during training; without them, the family's "
+                 "own)." if sampled_as(card, family) else "."), "",
               "## Recipe", "", "```json", json.dumps(card.get("recipe", {}), indent=2), "```", ""]
     return "\n".join(lines)
+
+
+def sampled_as(card: dict, family: str) -> str:
+    """The `sample` flags that reproduce the run's eval sampler ('' when none is recorded or all are the
+    family's defaults), so the card's command samples the model as it was watched during training."""
+    import shlex
+
+    from maskfocus_cli.models.sampler_defaults import FAMILY_SAMPLERS
+    ev, d = card.get("eval_sampler"), FAMILY_SAMPLERS.get(family)
+    if not isinstance(ev, dict) or d is None:
+        return ""
+    flags = [("--steps", "steps", d.steps), ("--cfg", "guidance_scale", d.guidance_scale),
+             ("--gumbel", "gumbel_temperature", d.gumbel_temperature),
+             ("--schedule", "schedule", "cosine"), ("--temperature", "logit_temperature", 1.0),
+             ("--negative-prompt", "negative_prompt", d.negative_prompt)]
+    out = [f"{flag} {shlex.quote(str(ev[key]) if not isinstance(ev[key], float) else f'{ev[key]:g}')}"
+           for flag, key, default in flags if key in ev and ev[key] != default]
+    return "".join(" " + f for f in out)
 
 
 def flat_metrics(row: dict) -> dict:

@@ -559,3 +559,11 @@ def test_a_stale_out_is_refused_before_any_model_or_scorer_loads(tiny_shapes, tm
     monkeypatch.setattr(loading, "load_model", must_not_load)
     monkeypatch.setattr(detector, "ShapesDetector", must_not_load)
     assert_user_error(invoke(*args, "--seed", "5"), "different run", 'seed: 0 → 5', "--fresh")
+
+
+def test_compare_with_another_bench_is_refused_before_any_work(shapes_run, tmp_path):
+    out, _ = shapes_run
+    res = invoke("--bench", "geneval", "--images", str(out), "--out", str(tmp_path / "G"),
+                 "--compare", str(out / "summary.json"))
+    assert_user_error(res, "is a 'shapes' run; this is a 'geneval' run")
+    assert not (tmp_path / "G").exists()

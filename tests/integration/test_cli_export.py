@@ -33,6 +33,8 @@ data: {{num_eval_prompts: 0}}
     # the headline reward says what it is: one iteration's 4 rollouts, not a benchmark score
     assert "* rollout reward at the last iteration: " in card and "(4 images of one iteration" in card
     assert "validation reward" not in card  # no validation ran
+    # the command on the card samples the model as its grids did during training (4 steps here)
+    assert f"`maskfocus sample --model shapes:THIS_FOLDER --steps 4 \"a prompt\"` (the settings" in card
 
     def sample(model, out, *extra):
         r = runner.invoke(main, ["sample", "a photo of a blue cross", "--n", 2, "--steps", 4, "--model", model,

@@ -718,3 +718,44 @@ def test_pretraining_checks_the_grids_negative_prompt_before_it_trains(tmp_path)
                                                      "sampler.negative_prompt=blorp", "--out", tmp_path / "pre"]])
     assert res.exit_code == 2 and "sampler.negative_prompt" in res.output and "blorp" in res.output, res.output
     assert not (tmp_path / "pre").exists()
+
+
+def test_every_placeholder_of_a_real_model_recipe_is_named_at_once_before_anything_loads(tmp_path):
+    res = CliRunner().invoke(main, ["train", str(RECIPES / "geneval.yaml"), "--out", str(tmp_path / "g")])
+    said = " ".join(res.output.split())
+    assert res.exit_code == 2 and "placeholders to fill in: model.spec, " in said, res.output
+    for key in ("data.prompts", "data.eval_prompts", "rewards.0.options.detector", "rewards.0.options.clip"):
+        assert key in said
+    res = CliRunner().invoke(main, ["train", str(RECIPES / "hps.yaml"), "--set", "model.spec=meissonic:/m",
+                                    "--out", str(tmp_path / "h")])
+    said = " ".join(res.output.split())
+    assert res.exit_code == 2 and "model.spec" not in said and "rewards.0.options.weights" in said, res.output
+    assert not (tmp_path / "g").exists() and not (tmp_path / "h").exists()
+
+
+def test_deepspeed_and_fsdp_launches_are_refused_not_run_wrong():
+    from maskfocus_cli.engine.recipe_checks import check_distributed_type
+    for kind in ("DistributedType.DEEPSPEED", "DistributedType.FSDP"):
+        with pytest.raises(ValueError, match="does not support yet: launch with DDP"):
+            check_distributed_type(kind)
+    for kind in ("DistributedType.NO", "DistributedType.MULTI_GPU", "DistributedType.MULTI_CPU"):
+        check_distributed_type(kind)
+
+
+def test_checkpoints_record_the_resolved_sampler_and_a_resume_must_match_it(tmp_path, tiny_shapes_dir):
+    """Null sampler fields resolve to the family's defaults of the version that runs: if those changed between
+    a run and its resume, the resume would sample differently with an identical recipe."""
+    p = recipe_file(tmp_path, tiny_shapes_dir, out="rs")
+    Trainer(load_recipe(p, ["train.iterations=1"])).run()
+    info_path = tmp_path / "rs" / "checkpoints" / "step-1" / "trainer.json"
+    info = json.loads(info_path.read_text())
+    import dataclasses
+
+    from maskfocus_cli.engine.settings import sampler_settings
+    r = load_recipe(p)
+    assert info["sampler"] == dataclasses.asdict(sampler_settings(r.sampler, r.model.spec))
+    assert set(info["eval_sampler"]) >= {"steps", "guidance_scale", "negative_prompt"}
+    info["sampler"]["gumbel_temperature"] = 1.5  # as if the defaults had been 1.5 when the run started
+    info_path.write_text(json.dumps(info))
+    res = CliRunner().invoke(main, ["train", str(p), "--set", "train.iterations=2", "--resume", "latest"])
+    assert res.exit_code == 2 and "sampler.gumbel_temperature (resolved): 1.5" in " ".join(res.output.split())

@@ -138,3 +138,11 @@ def test_yaml_merge_keys_still_work_and_may_be_overridden(tmp_path):
     p = write(tmp_path, "m.yaml", "train:\n  <<: {lr: 1.0e-5, group_size: 6}\n  lr: 2.0e-5\n")
     r = load_recipe(p)
     assert (r.train.lr, r.train.group_size) == (2e-5, 6)
+
+
+def test_set_with_nothing_after_the_equals_sign_is_the_empty_string(tmp_path):
+    """`--set sampler.negative_prompt=` means "none"; YAML alone would read null, which means the family default."""
+    r = load_recipe(write(tmp_path, "r.yaml", "train: {lr: 1.0e-4}\n"), ["sampler.negative_prompt=",
+                                                                       "eval_sampler={steps: 4}"])
+    assert r.sampler.negative_prompt == ""
+    assert load_recipe(write(tmp_path, "s.yaml", "{}\n"), ["sampler.negative_prompt=null"]).sampler.negative_prompt is None
