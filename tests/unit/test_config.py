@@ -145,4 +145,5 @@ def test_set_with_nothing_after_the_equals_sign_is_the_empty_string(tmp_path):
     r = load_recipe(write(tmp_path, "r.yaml", "train: {lr: 1.0e-4}\n"), ["sampler.negative_prompt=",
                                                                        "eval_sampler={steps: 4}"])
     assert r.sampler.negative_prompt == ""
-    assert load_recipe(write(tmp_path, "s.yaml", "{}\n"), ["sampler.negative_prompt=null"]).sampler.negative_prompt is None
+    nulled = load_recipe(write(tmp_path, "s.yaml", "{}\n"), ["sampler.negative_prompt=null"])
+    assert nulled.sampler.negative_prompt is None
