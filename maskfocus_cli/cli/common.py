@@ -253,3 +253,31 @@ def silence_stdout() -> None:
 def progress() -> Progress:
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TimeElapsedColumn(), TimeRemainingColumn(), console=stderr, transient=False)
+
+
+#: sampler option → SamplerSettings field, for notes about a checkpoint's training settings
+SAMPLER_FLAGS = {"steps": ("--steps", "steps"), "cfg": ("--cfg", "guidance_scale"),
+                 "gumbel": ("--gumbel", "gumbel_temperature"),
+                 "negative_prompt": ("--negative-prompt", "negative_prompt")}
+
+
+def training_settings_note(checkpoint: str | None, settings: SamplerSettings,
+                           given: Callable[[str], bool]) -> str | None:
+    """A one-line note when a training checkpoint's run watched its grids with other sampler settings than the
+    family defaults this command is about to use (options given explicitly are the user's choice)."""
+    if not checkpoint:
+        return None
+    info_path = Path(checkpoint) / "trainer.json"
+    try:
+        ev = json.loads(info_path.read_text()).get("eval_sampler")
+    except (OSError, ValueError):
+        return None
+    if not isinstance(ev, dict):
+        return None
+    import shlex
+    differ = [f"{flag} {shlex.quote(str(ev[field]))}" for name, (flag, field) in SAMPLER_FLAGS.items()
+              if not given(name) and field in ev and ev[field] != getattr(settings, field)]
+    if not differ:
+        return None
+    return (f"note: this checkpoint's run drew its sample grids with {' '.join(differ)}; this run uses the model "
+            "family's defaults (pass those options to sample it as it was trained)")

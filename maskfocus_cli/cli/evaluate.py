@@ -9,7 +9,8 @@ import click
 from click.core import ParameterSource
 
 from maskfocus_cli.cli.common import MAX_SEED, ROUTING_HELP, CheckedInt, check_seed_room, emit, ensure_writable_dir, \
-    ensure_writable_file, model_options, progress, remove_if_left_empty, sampler_options, settings_from, stderr
+    ensure_writable_file, model_options, progress, remove_if_left_empty, sampler_options, settings_from, stderr, \
+    training_settings_note
 
 BENCHES = ("geneval", "t2i-compbench", "shapes")
 T2I_SCORED = ("color", "shape", "texture", "spatial", "non_spatial", "numeracy", "complex")
@@ -214,6 +215,8 @@ def evaluate(ctx, bench, images_dir, prompt_file, categories, model_spec, checkp
         from maskfocus_cli.models.loading import load_model
         adapter = load_model(model_spec, checkpoint, device, dtype)
         mask_counts(adapter.num_tokens, settings.steps, settings.schedule)  # more steps than tokens: fail now
+        if (said := training_settings_note(checkpoint, settings, lambda name: _given(ctx, name))) is not None:
+            stderr.print(said, highlight=False, soft_wrap=True)
         generation = runner.Generation(adapter, settings, n=n, seed=seed, batch_size=batch_size,
                                        router=make_router(routing))
 

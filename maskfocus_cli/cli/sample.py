@@ -10,7 +10,7 @@ import torch
 
 from maskfocus_cli.cli.common import (MAX_SEED, ROUTING_HELP, CheckedInt, check_seed_room, emit, ensure_writable_dir,
                                       model_options, progress, read_prompts, remove_if_left_empty, sampler_options,
-                                      settings_from)
+                                      settings_from, stderr, training_settings_note)
 
 
 def image_path(out: Path, layout: str, prompt_index: int, image_index: int) -> Path:
@@ -91,6 +91,9 @@ def sample(prompt_args, prompts_file, model_spec, checkpoint, device, dtype, ste
     check_no_earlier_run(out_dir)
     adapter = load_model(model_spec, checkpoint, device, dtype)
     mask_counts(adapter.num_tokens, settings.steps, settings.schedule)  # more steps than tokens: one line, now
+    given = {"steps": steps, "cfg": cfg, "gumbel": gumbel, "negative_prompt": negative_prompt}
+    if (said := training_settings_note(checkpoint, settings, lambda name: given[name] is not None)) is not None:
+        stderr.print(said, highlight=False, soft_wrap=True)
     adapter.encode_prompts(sorted(set(prompts) | {settings.negative_prompt}))  # bad prompts: before any sampling
     from maskfocus_cli.engine.routing import make_router
     router = make_router(routing)

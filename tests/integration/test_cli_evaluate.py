@@ -567,3 +567,23 @@ def test_compare_with_another_bench_is_refused_before_any_work(shapes_run, tmp_p
                  "--compare", str(out / "summary.json"))
     assert_user_error(res, "is a 'shapes' run; this is a 'geneval' run")
     assert not (tmp_path / "G").exists()
+
+
+def test_a_checkpoint_watched_with_other_sampler_settings_is_noted(tiny_shapes, tmp_path):
+    """Evaluate uses the family's published settings; a run whose grids used others says how to match them."""
+    import json as _json
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    import shutil
+    shutil.copy(tiny_shapes / "model.safetensors", ckpt / "model.safetensors")
+    (ckpt / "trainer.json").write_text(_json.dumps({"eval_sampler": {"steps": 4, "guidance_scale": 5.0,
+                                                                     "gumbel_temperature": 2.0,
+                                                                     "negative_prompt": ""}}))
+    args = ["--bench", "shapes", "--model", f"shapes:{tiny_shapes}", "--checkpoint", str(ckpt), "--num-prompts", "6",
+            "--n", "1"]
+    res = invoke(*args, "--steps", "4", "--out", str(tmp_path / "A"))
+    said = " ".join(res.stderr.split())
+    assert res.exit_code == 0 and "drew its sample grids with --cfg 5.0;" in said, res.output
+    assert "--steps" not in said.split("drew its sample grids with")[1].split(";")[0]  # given: the user's choice
+    res = invoke(*args, "--steps", "4", "--cfg", "5", "--out", str(tmp_path / "B"))
+    assert "drew its sample grids" not in res.stderr
