@@ -39,7 +39,8 @@ def make_rollout_net(policy: nn.Module, rollout_dtype: str, lora: bool) -> nn.Mo
     if lora:
         raise ValueError("train.rollout_dtype: bf16 needs full fine-tuning (lora_rank: 0); with LoRA use "
                          "train.mixed_precision: bf16 instead")
-    return copy.deepcopy(policy).to(torch.bfloat16).requires_grad_(False).eval()
+    # plain Module.to: diffusers' ModelMixin.to warns about fp32-kept modules on every dtype cast (it has none here)
+    return nn.Module.to(copy.deepcopy(policy), torch.bfloat16).requires_grad_(False).eval()
 
 
 def make_ema_net(policy: nn.Module, ema_decay: float, lora: bool) -> nn.Module | None:
