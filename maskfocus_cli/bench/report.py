@@ -212,22 +212,14 @@ def markdown_table(summary: dict, command: str | None = None, other: dict | None
 SAME_SAMPLES = ("images", "prompts", "images_per_row", "seed", "sampler", "routing", "batch_size")
 
 
-#: sampler fields recorded only since a later version, with the value earlier runs used
-SAMPLER_DEFAULTS = {"negative_prompt": ""}
-
-
-def with_sampler_defaults(sampler):
-    """A recorded sampler with the fields earlier versions did not record filled as they sampled."""
-    return {**SAMPLER_DEFAULTS, **sampler} if isinstance(sampler, dict) else sampler
-
-
 def sample_differences(current: dict, other: dict) -> list[str]:
     """'key: this vs other' for the facts of the two runs' samples that differ (empty: comparable). Facts
     only one run knows (a run scoring existing images has no sampler or seed) are not held against it."""
     a, b = dict(current), dict(other)
     if a.get("sampler") is not None and b.get("sampler") is not None:  # both generated: no key = not routed
         a["routing"], b["routing"] = bool(a.get("routing")), bool(b.get("routing"))
-        a["sampler"], b["sampler"] = with_sampler_defaults(a["sampler"]), with_sampler_defaults(b["sampler"])
+        from maskfocus_cli.engine.settings import with_added_fields
+        a["sampler"], b["sampler"] = with_added_fields(a["sampler"]), with_added_fields(b["sampler"])
     return [f"{k} {a.get(k)!r} vs {b.get(k)!r}" for k in SAME_SAMPLES
             if a.get(k) != b.get(k) and (k in ("images", "prompts") or None not in (a.get(k), b.get(k)))]
 

@@ -221,10 +221,10 @@ def _check_run_info(path: Path, run_info: dict) -> None:
                 a, b = _local_paths_absolute(a), _local_paths_absolute(b)
             if key == "generator" and isinstance(a, dict) and isinstance(b, dict):
                 a, b = {**_GENERATOR_DEFAULTS, **a}, {**_GENERATOR_DEFAULTS, **b}
-                from maskfocus_cli.bench.report import with_sampler_defaults
+                from maskfocus_cli.engine.settings import with_added_fields
                 for d in (a, b):
                     if "sampler" in d:
-                        d["sampler"] = with_sampler_defaults(d["sampler"])
+                        d["sampler"] = with_added_fields(d["sampler"])
                 if "batch_size" not in a:  # recorded before routed runs recorded their batch size
                     b = {k: v for k, v in b.items() if k != "batch_size"}
             if a != b:

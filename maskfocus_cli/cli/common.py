@@ -133,14 +133,14 @@ def sampler_options(f: Callable) -> Callable:
 
 def settings_from(model_spec: str, steps: int | None, cfg: float | None, schedule: str, temperature: float,
                   gumbel: float | None, negative_prompt: str | None = None) -> SamplerSettings:
-    """The sampler settings: what was given, else the model family's own (known from the spec, before loading)."""
-    from maskfocus_cli.models.sampler_defaults import family_sampler
-    d = family_sampler(model_spec)
-    return SamplerSettings(steps=d.steps if steps is None else steps,
-                           guidance_scale=d.guidance_scale if cfg is None else cfg, schedule=schedule,
-                           logit_temperature=temperature,
-                           gumbel_temperature=d.gumbel_temperature if gumbel is None else gumbel,
-                           negative_prompt=d.negative_prompt if negative_prompt is None else negative_prompt)
+    """The sampler settings: what was given, else the model family's own (known from the spec, before loading);
+    resolved as a recipe's sampler section is."""
+    from types import SimpleNamespace
+
+    from maskfocus_cli.engine.settings import sampler_settings
+    return sampler_settings(SimpleNamespace(steps=steps, guidance_scale=cfg, schedule=schedule,
+                                            logit_temperature=temperature, gumbel_temperature=gumbel,
+                                            negative_prompt=negative_prompt), model_spec)
 
 
 def read_prompts(args: tuple[str, ...], prompts_file: str | None) -> tuple[list[str], list[dict | None]]:
@@ -255,10 +255,9 @@ def progress() -> Progress:
                     TimeElapsedColumn(), TimeRemainingColumn(), console=stderr, transient=False)
 
 
-#: sampler option → SamplerSettings field, for notes about a checkpoint's training settings
-SAMPLER_FLAGS = {"steps": ("--steps", "steps"), "cfg": ("--cfg", "guidance_scale"),
-                 "gumbel": ("--gumbel", "gumbel_temperature"),
-                 "negative_prompt": ("--negative-prompt", "negative_prompt")}
+#: sampler parameter of the commands → SamplerSettings field it sets, where the family supplies the default
+FAMILY_PARAMS = {"steps": "steps", "cfg": "guidance_scale", "gumbel": "gumbel_temperature",
+                 "negative_prompt": "negative_prompt"}
 
 
 def training_settings_note(checkpoint: str | None, settings: SamplerSettings,
@@ -274,9 +273,8 @@ def training_settings_note(checkpoint: str | None, settings: SamplerSettings,
         return None
     if not isinstance(ev, dict):
         return None
-    import shlex
-    differ = [f"{flag} {shlex.quote(str(ev[field]))}" for name, (flag, field) in SAMPLER_FLAGS.items()
-              if not given(name) and field in ev and ev[field] != getattr(settings, field)]
+    from maskfocus_cli.engine.settings import differing_options
+    differ = differing_options(ev, settings, [f for name, f in FAMILY_PARAMS.items() if not given(name)])
     if not differ:
         return None
     return (f"note: this checkpoint's run drew its sample grids with {' '.join(differ)}; this run uses the model "

@@ -71,26 +71,25 @@ def _scored(recipe: dict) -> dict:
 
 #: sampler fields that may be null in a recipe: the model family's own value (``models/sampler_defaults.py``)
 FAMILY_FIELDS = ("steps", "guidance_scale", "gumbel_temperature", "negative_prompt")
-#: sampler fields recipes of earlier versions did not have, with the value those runs sampled with
-ADDED_FIELDS = {"negative_prompt": ""}
 
 
 def _sampled(recipe: dict) -> dict:
     """The recipe with null sampler fields as the run samples them: ``sampler`` from the model family,
     ``eval_sampler`` from ``sampler``. A run saved with explicit values (or before the fields could be null)
     then compares equal to the same settings left null."""
+    from maskfocus_cli.engine.settings import with_added_fields
     from maskfocus_cli.models.sampler_defaults import family_sampler
     try:
         family = family_sampler(str((recipe.get("model") or {}).get("spec", "shapes")))
     except ValueError:
         return recipe
-    sampler = {**ADDED_FIELDS, **(recipe.get("sampler") or {})}  # absent: an earlier version's run
+    sampler = with_added_fields(recipe.get("sampler") or {})  # absent: an earlier version's run
     for key in FAMILY_FIELDS:
         if sampler.get(key) is None:
             sampler[key] = getattr(family, key)
     out = {**recipe, "sampler": sampler}
     if isinstance(recipe.get("eval_sampler"), dict):
-        ev = {**ADDED_FIELDS, **recipe["eval_sampler"]}
+        ev = with_added_fields(recipe["eval_sampler"])
         out["eval_sampler"] = {**ev, **{k: sampler[k] for k in FAMILY_FIELDS if ev.get(k) is None}}
     return out
 

@@ -8,6 +8,28 @@ import math
 from maskfocus_cli.engine.sampling import SamplerSettings
 
 
+#: sampler fields earlier versions did not record, with the value they sampled with: their run records, recipes
+#: and summaries still resume and compare
+ADDED_SAMPLER_FIELDS = {"negative_prompt": ""}
+
+#: SamplerSettings field → the option of sample / profile-steps / evaluate that sets it
+OPTION_OF = {"steps": "--steps", "guidance_scale": "--cfg", "gumbel_temperature": "--gumbel", "schedule": "--schedule",
+             "logit_temperature": "--temperature", "negative_prompt": "--negative-prompt"}
+
+
+def with_added_fields(sampler):
+    """A recorded sampler (dict) with the fields earlier versions did not record filled as they sampled."""
+    return {**ADDED_SAMPLER_FIELDS, **sampler} if isinstance(sampler, dict) else sampler
+
+
+def differing_options(recorded: dict, reference: SamplerSettings, fields=OPTION_OF) -> list[str]:
+    """'--option value' for each of ``fields`` where a recorded sampler differs from ``reference``: the options
+    that sample as the record did."""
+    import shlex
+    return [f"{OPTION_OF[f]} {shlex.quote(str(recorded[f]))}" for f in fields
+            if f in recorded and recorded[f] != getattr(reference, f)]
+
+
 def sampler_settings(cfg, model_spec: str, inherit=None) -> SamplerSettings:
     """A recipe's sampler section; fields left null take ``inherit``'s (``eval_sampler`` inherits ``sampler``'s),
     then the model family's own settings."""

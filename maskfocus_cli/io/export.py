@@ -113,9 +113,10 @@ def model_card(card: dict, family: str) -> str:
         where = f" (metrics.jsonl row `iteration: {last}`)" if last is not None else ""
         lines += ["", f"## Final metrics: the last training iteration{where}", ""]
         lines += [f"* {k}: {v:.6g}" if isinstance(v, float) else f"* {k}: {v}" for k, v in flat.items()]
-    lines += ["", f"Load it with `maskfocus sample --model {family}:THIS_FOLDER{sampled_as(card, family)} \"a prompt\"`"
+    flags = sampled_as(card, family)
+    lines += ["", f"Load it with `maskfocus sample --model {family}:THIS_FOLDER{flags} \"a prompt\"`"
               + (" (the settings its sample grids and validation used during training; without them, the family's "
-                 "own)." if sampled_as(card, family) else "."), "",
+                 "own)." if flags else "."), "",
               "## Recipe", "", "```json", json.dumps(card.get("recipe", {}), indent=2), "```", ""]
     return "\n".join(lines)
 
@@ -123,19 +124,16 @@ def model_card(card: dict, family: str) -> str:
 def sampled_as(card: dict, family: str) -> str:
     """The `sample` flags that reproduce the run's eval sampler ('' when none is recorded or all are the
     family's defaults), so the card's command samples the model as it was watched during training."""
-    import shlex
+    from types import SimpleNamespace
 
-    from maskfocus_cli.models.sampler_defaults import FAMILY_SAMPLERS
-    ev, d = card.get("eval_sampler"), FAMILY_SAMPLERS.get(family)
-    if not isinstance(ev, dict) or d is None:
+    from maskfocus_cli.engine.settings import differing_options, sampler_settings
+    ev = card.get("eval_sampler")
+    if not isinstance(ev, dict):
         return ""
-    flags = [("--steps", "steps", d.steps), ("--cfg", "guidance_scale", d.guidance_scale),
-             ("--gumbel", "gumbel_temperature", d.gumbel_temperature),
-             ("--schedule", "schedule", "cosine"), ("--temperature", "logit_temperature", 1.0),
-             ("--negative-prompt", "negative_prompt", d.negative_prompt)]
-    out = [f"{flag} {shlex.quote(str(ev[key]) if not isinstance(ev[key], float) else f'{ev[key]:g}')}"
-           for flag, key, default in flags if key in ev and ev[key] != default]
-    return "".join(" " + f for f in out)
+    nothing_given = SimpleNamespace(steps=None, guidance_scale=None, schedule="cosine", logit_temperature=1.0,
+                                    gumbel_temperature=None, negative_prompt=None)
+    defaults = sampler_settings(nothing_given, family)  # what `sample` uses without options
+    return "".join(" " + f for f in differing_options(ev, defaults))
 
 
 def flat_metrics(row: dict) -> dict:
