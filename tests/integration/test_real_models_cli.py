@@ -222,3 +222,23 @@ def test_a_real_model_is_sampled_with_its_family_s_own_settings_unless_given(tin
     assert (sampler["guidance_scale"], sampler["gumbel_temperature"]) == (2.5, 0.0)
     row = json_rows(invoke(["sample", "a red circle", "--model", spec, "--device", "cpu", "--out", tmp_path / "s"]))[0]
     assert (row["steps"], row["cfg"], row["gumbel"]) == (12, 10.0, 2.0)  # every default: the pipeline's
+
+
+def test_the_shipped_showo_mask_grpo_recipe_runs_once_its_placeholders_are_filled(tiny_showo, prompt_file,
+                                                                                  tmp_path):
+    """recipes/showo-mask-grpo.yaml as a user runs it (sizes shrunk, a cheap reward for the CLIP one): its rollouts
+    sample without guidance and its grids with the published w = 5, as the official training code does."""
+    recipe_path = Path(__file__).parents[2] / "recipes" / "showo-mask-grpo.yaml"
+    res = CliRunner().invoke(main, ["train", str(recipe_path), "--out", str(tmp_path / "unfilled")])
+    said = " ".join(res.output.split())
+    assert res.exit_code == 2 and "placeholders to fill in: model.spec, data.prompts, data.eval_prompts, " \
+        "rewards.0.options.pretrained" in said, res.output
+    run = tmp_path / "run"
+    invoke(["train", recipe_path, "--set", f"model.spec=showo:{tiny_showo}", "--set", f"data.prompts={prompt_file}",
+            "--set", f"data.eval_prompts={prompt_file}", "--set", "rewards=[{name: brightness}]",
+            "--set", "train.iterations=1", "--set", "train.prompts_per_iter=2", "--set", "train.group_size=2",
+            "--set", "sampler.steps=4", "--set", "model.device=cpu", "--out", run])
+    info = json.loads((run / "checkpoints" / "step-1" / "trainer.json").read_text())
+    assert info["algorithm"] == "mask-grpo" and info["last_metrics"]["steps"] == [0, 1, 2, 3]
+    assert info["sampler"]["guidance_scale"] == 0.0 and info["eval_sampler"]["guidance_scale"] == 5.0
+    assert info["eval_sampler"]["steps"] == 4 and info["recipe"]["train"]["kl_beta"] == 0.0
