@@ -100,10 +100,11 @@ def check_vocabulary(adapter: MaskedT2IAdapter, rows: Rows, key: str) -> None:
 
 
 def check_distributed_type(distributed_type: str) -> None:
-    """DDP (one or many GPUs and nodes, or gloo ranks on CPUs) is what the trainer is built and tested for.
-    Under DeepSpeed every backward would also step the optimiser and rank 0 would save only its optimiser shard;
-    under FSDP rank 0 alone would gather the state dict. Refused, not run wrong."""
+    """DDP (one or many GPUs and nodes, or gloo ranks on CPUs) and DeepSpeed ZeRO 1–2 (``engine.deepspeed_zero``)
+    are what the trainer is built and tested for. Under FSDP the weights every rank's rollouts read are sharded
+    and rank 0 alone would gather the state dict: refused, not run wrong."""
     kind = distributed_type.rsplit(".", 1)[-1].upper()
-    if kind in ("DEEPSPEED", "FSDP"):
-        raise ValueError(f"accelerate launched this run with {kind}, which maskfocus train does not support yet: "
-                         "launch with DDP (accelerate launch --multi_gpu ...) and, for memory, train.lora_rank")
+    if kind == "FSDP":
+        raise ValueError("accelerate launched this run with FSDP, which maskfocus train does not support yet: "
+                         "launch with DeepSpeed ZeRO-2 (recipes/accelerate/deepspeed-zero2.yaml) or DDP "
+                         "(--multi_gpu) and, for memory, train.lora_rank")

@@ -29,6 +29,9 @@ import torch
 
 from maskfocus_cli.config import Recipe, to_dict
 from maskfocus_cli.engine.data import distinct_prompts, load_prompt_source, prompt_weights
+from maskfocus_cli.engine.deepspeed_zero import (DEEPSPEED_DIR, accelerator_device, is_deepspeed, load_optimizer,
+                                               mark_boundary, save_optimizer)
+from maskfocus_cli.engine.deepspeed_zero import configure as configure_deepspeed
 from maskfocus_cli.engine.estimators import Unit, UpdateContext, make_estimator
 from maskfocus_cli.engine.grpo import group_advantages
 from maskfocus_cli.engine.lora import AdapterDisabled, add_lora
@@ -85,9 +88,12 @@ class Trainer:
             if device.type == "cpu" and self.cfg.mixed_precision == "fp16":  # accelerate would run fp32 silently
                 raise ValueError("train.mixed_precision: fp16 needs a GPU (on CPU autocast is bf16 only): use bf16 "
                                  "or no")
-            accelerator = Accelerator(mixed_precision=self.cfg.mixed_precision, cpu=device.type == "cpu")
+            accelerator = Accelerator(mixed_precision=self.cfg.mixed_precision, **accelerator_device(device))
         self.acc = accelerator
         check_distributed_type(str(getattr(self.acc, "distributed_type", "NO")))
+        self.deepspeed = is_deepspeed(self.acc)
+        if self.deepspeed:
+            configure_deepspeed(self.acc, self.cfg.micro_batch, self.cfg.grad_clip, self.cfg.mixed_precision)
         self.run_dir = Path(recipe.output.dir)
         if self.cfg.algorithm == "pretrain" and self.cfg.batch_size % self.acc.num_processes:
             raise ValueError(f"train.batch_size = {self.cfg.batch_size} scenes must split evenly over "
@@ -207,8 +213,12 @@ class Trainer:
                     self.adapter.transformer = live
             else:
                 save_weights(weights.state_dict(), tmp / "model.safetensors")
-            torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()},
-                       tmp / "training_state.pt")
+            if self.deepspeed:
+                shards.replace(tmp / DEEPSPEED_DIR)
+                torch.save({"scheduler": self.scheduler.state_dict()}, tmp / "training_state.pt")
+            else:
+                torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()},
+                           tmp / "training_state.pt")
             atomic_write_json(tmp / "trainer.json", {
                 "iteration": it, "algorithm": self.cfg.algorithm, "model": absolute_spec(self.recipe.model.spec),
                 "elapsed_seconds": round(self.elapsed(), 3),
@@ -217,6 +227,13 @@ class Trainer:
                 "sampler": dataclasses.asdict(self.settings), "eval_sampler": dataclasses.asdict(self.eval_settings),
                 "recipe": to_dict(self.recipe), "last_metrics": self.state.history[-1] if self.state.history else {}})
 
+        shards = final.with_name(f".{final.name}.{DEEPSPEED_DIR}")
+        if self.deepspeed:  # every rank writes its optimiser shard; fill() moves them into the checkpoint
+            if self.acc.is_main_process:
+                shutil.rmtree(shards, ignore_errors=True)
+            self.acc.wait_for_everyone()
+            save_optimizer(self.net, shards, self.lora)
+            self.acc.wait_for_everyone()
         if self.acc.is_main_process:
             atomic_dir(final, fill)
             for old in stale_checkpoints(checkpoint_dirs(self.run_dir), self.recipe.output.keep_last):
@@ -228,6 +245,12 @@ class Trainer:
         from maskfocus_cli.io.checkpoint import load_weights
         info = read_json(path / "trainer.json")
         self.adapter.check_checkpoint(path)
+        if (path / DEEPSPEED_DIR).is_dir() != self.deepspeed:
+            raise CheckpointError(
+                f"{path} was saved by a {'DeepSpeed' if not self.deepspeed else 'non-DeepSpeed'} run: its optimiser "
+                f"state is {'in per-rank DeepSpeed shards' if not self.deepspeed else 'one torch file'}; resume it "
+                f"{'under the same accelerate launch (--use_deepspeed)' if not self.deepspeed else 'without DeepSpeed'}"
+                ", or start a new run from its weights with model.checkpoint")
         if self.lora:
             from peft import set_peft_model_state_dict
             from maskfocus_cli.io.checkpoint import read_weights
@@ -242,7 +265,10 @@ class Trainer:
         except Exception as e:  # noqa: BLE001 - any unreadable state is the same user problem
             raise CheckpointError(f"{path}/training_state.pt is unreadable ({type(e).__name__}); "
                                   "resume from an earlier checkpoint") from None
-        self.optimizer.load_state_dict(st["optimizer"])
+        if self.deepspeed:
+            load_optimizer(self.net, path / DEEPSPEED_DIR, self.lora)
+        else:
+            self.optimizer.load_state_dict(st["optimizer"])
         self.scheduler.load_state_dict(st["scheduler"])
         sync_rollout_net(self.rollout_net, self.policy)
         self.state.iteration = int(info["iteration"])
@@ -600,6 +626,8 @@ class Trainer:
                "kl_count": float(idx.numel() * steps.shape[-1])}  # kl: a sum until rl_iteration divides
         for u in range(n_units):
             sync = u == n_units - 1
+            if self.deepspeed:  # DeepSpeed steps inside the backward that ends the accumulation
+                mark_boundary(acc, self.net, sync)
             with nullcontext() if sync or acc.num_processes == 1 else acc.no_sync(self.net):
                 if u >= len(units):  # this rank has less work: a zero-weight pass keeps DDP in step
                     acc.backward(self._dummy_loss(sub, loss_cond) * 0.0)

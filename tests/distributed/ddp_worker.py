@@ -16,7 +16,8 @@ step = trainer.optimizer.step
 def recording_step(*args, **kwargs):
     if not first_grads:
         for name, p in trainer.acc.unwrap_model(trainer.net).named_parameters():
-            first_grads[name] = p.grad.detach().cpu().clone()
+            if p.grad is not None:  # under DeepSpeed ZeRO-2 the gradients are partitioned (and already applied)
+                first_grads[name] = p.grad.detach().cpu().clone()
     return step(*args, **kwargs)
 
 

@@ -733,13 +733,34 @@ def test_every_placeholder_of_a_real_model_recipe_is_named_at_once_before_anythi
     assert not (tmp_path / "g").exists() and not (tmp_path / "h").exists()
 
 
-def test_deepspeed_and_fsdp_launches_are_refused_not_run_wrong():
+def test_fsdp_launches_are_refused_not_run_wrong():
     from maskfocus_cli.engine.recipe_checks import check_distributed_type
-    for kind in ("DistributedType.DEEPSPEED", "DistributedType.FSDP"):
-        with pytest.raises(ValueError, match="does not support yet: launch with DDP"):
-            check_distributed_type(kind)
-    for kind in ("DistributedType.NO", "DistributedType.MULTI_GPU", "DistributedType.MULTI_CPU"):
+    with pytest.raises(ValueError, match="FSDP, which maskfocus train does not support yet: launch with DeepSpeed"):
+        check_distributed_type("DistributedType.FSDP")
+    for kind in ("DistributedType.NO", "DistributedType.MULTI_GPU", "DistributedType.MULTI_CPU",
+                 "DistributedType.DEEPSPEED"):
         check_distributed_type(kind)
+
+
+def test_the_deepspeed_config_comes_from_the_recipe_and_unsupported_settings_are_refused():
+    from types import SimpleNamespace
+
+    from maskfocus_cli.engine.deepspeed_zero import configure
+
+    def acc(ds: dict, stage: int = 2):
+        return SimpleNamespace(state=SimpleNamespace(deepspeed_plugin=SimpleNamespace(deepspeed_config=ds,
+                                                                                        zero_stage=stage)))
+    ds = {"zero_optimization": {"stage": 2}, "train_micro_batch_size_per_gpu": "auto", "gradient_clipping": 1.0,
+          "gradient_accumulation_steps": 4, "train_batch_size": "auto", "bf16": {"enabled": False}}
+    configure(acc(ds), micro_batch=6, grad_clip=0.5, mixed_precision="no")
+    assert ds["train_micro_batch_size_per_gpu"] == 6 and ds["gradient_accumulation_steps"] == 1
+    assert ds["gradient_clipping"] == 0.5 and "train_batch_size" not in ds
+    with pytest.raises(ValueError, match="ZeRO stage 3 shards the weights"):
+        configure(acc({"zero_optimization": {"stage": 3}}), 2, 1.0, "no")
+    with pytest.raises(ValueError, match="set train.mixed_precision: no"):
+        configure(acc({"zero_optimization": {"stage": 2}}), 2, 1.0, "bf16")
+    with pytest.raises(ValueError, match="set train.mixed_precision: no"):
+        configure(acc({"zero_optimization": {"stage": 1}, "fp16": {"enabled": True}}), 2, 1.0, "no")
 
 
 def test_checkpoints_record_the_resolved_sampler_and_a_resume_must_match_it(tmp_path, tiny_shapes_dir):

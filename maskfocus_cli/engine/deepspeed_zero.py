@@ -1,0 +1,88 @@
+"""DeepSpeed ZeRO stages 1–2 under ``accelerate launch --use_deepspeed`` (or a DEEPSPEED config file).
+
+Why only 1–2: they shard the optimiser state (and, stage 2, the gradients) but leave every rank a full copy of
+the weights, which the rollouts, the bf16 rollout copy, the weight average and the sample grids read directly.
+Stage 3 shards the weights themselves; FSDP likewise — both are refused.
+
+What the trainer must do differently under DeepSpeed, all of it here:
+
+* the DeepSpeed config is filled from the recipe, not from the launcher: micro-batch (no dataloader to infer it
+  from), gradient accumulation 1 (the trainer accumulates a whole rollout batch itself and marks the last
+  backward as the boundary), gradient clipping ``train.grad_clip`` (DeepSpeed clips inside its step; accelerate's
+  ``clip_grad_norm_`` only reports the norm there);
+* DeepSpeed's own bf16/fp16 would turn the trained weights into half precision: refused;
+  ``train.mixed_precision`` must be ``no`` (``train.rollout_dtype: bf16`` still samples in bf16);
+* the optimiser state lives in per-rank shards: every rank writes and reads its own through DeepSpeed's
+  checkpoint (``CKPT/deepspeed/``), next to the usual safetensors weights.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+#: where a checkpoint keeps DeepSpeed's optimiser shards
+DEEPSPEED_DIR = "deepspeed"
+_TAG = "optimizer"
+
+
+def deepspeed_launch() -> bool:
+    """Whether ``accelerate launch`` asked for DeepSpeed (flag or config file)."""
+    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+
+
+def accelerator_device(device) -> dict:
+    """``Accelerator`` arguments for the device: ``cpu=True`` gives gloo DDP ranks but would silently drop a
+    DeepSpeed launch, and DeepSpeed on CPU ranks needs gloo named (accelerate finds no backend otherwise and
+    counts every rank as a lone process)."""
+    if not deepspeed_launch():
+        return {"cpu": device.type == "cpu"}
+    if device.type == "cpu":
+        from accelerate.utils import InitProcessGroupKwargs
+        return {"kwargs_handlers": [InitProcessGroupKwargs(backend="gloo")]}
+    return {}
+
+
+def is_deepspeed(acc) -> bool:
+    return str(getattr(acc, "distributed_type", "")).endswith("DEEPSPEED")
+
+
+def configure(acc, micro_batch: int, grad_clip: float, mixed_precision: str) -> None:
+    """Check the launch's DeepSpeed settings and fill in what the recipe decides (before ``prepare``)."""
+    plugin = acc.state.deepspeed_plugin
+    ds = plugin.deepspeed_config
+    stage = int((ds.get("zero_optimization") or {}).get("stage", plugin.zero_stage) or 0)
+    if stage > 2:
+        raise ValueError(f"DeepSpeed ZeRO stage {stage} shards the weights every rank's rollouts read: use "
+                         "zero_stage 1 or 2 (they shard the optimiser state and gradients)")
+    if mixed_precision != "no" or any((ds.get(k) or {}).get("enabled") in (True, "true") for k in ("bf16", "fp16")):
+        raise ValueError("under DeepSpeed set train.mixed_precision: no and launch with --mixed_precision no "
+                         "(DeepSpeed's bf16/fp16 would keep the trained weights in half precision); "
+                         "train.rollout_dtype: bf16 still samples in bf16")
+    ds["train_micro_batch_size_per_gpu"] = micro_batch
+    ds["gradient_accumulation_steps"] = 1
+    ds["gradient_clipping"] = float(grad_clip)
+    for key in ("train_batch_size",):  # derived by DeepSpeed from the two above
+        ds.pop(key, None)
+
+
+def mark_boundary(acc, engine, last: bool) -> None:
+    """Mark whether this backward ends the optimiser step. accelerate ≥ 1.x sets the engine's accumulation
+    boundary from its sync flag and steps inside ``backward`` only there; older releases call ``engine.step()``
+    after every backward, which DeepSpeed turns into a no-op off the boundary set here."""
+    acc.gradient_state._set_sync_gradients(last)
+    engine.set_gradient_accumulation_boundary(last)
+
+
+def save_optimizer(engine, folder: Path, lora: bool) -> None:
+    """Every rank writes its optimiser shard (collective: all ranks call it). The weights DeepSpeed stores
+    alongside are a duplicate of the checkpoint's safetensors, minus frozen ones under LoRA."""
+    engine.save_checkpoint(str(folder), tag=_TAG, exclude_frozen_parameters=lora)
+
+
+def load_optimizer(engine, folder: Path, lora: bool) -> None:
+    """Every rank reads its shard back (collective)."""
+    path, _ = engine.load_checkpoint(str(folder), tag=_TAG, load_module_strict=not lora,
+                                     load_optimizer_states=True, load_lr_scheduler_states=False)
+    if path is None:
+        raise FileNotFoundError(f"{folder} holds no DeepSpeed optimiser state")
