@@ -10,20 +10,39 @@ What the trainer must do differently under DeepSpeed, all of it here:
   from), gradient accumulation 1 (the trainer accumulates a whole rollout batch itself and marks the last
   backward as the boundary), gradient clipping ``train.grad_clip`` (DeepSpeed clips inside its step; accelerate's
   ``clip_grad_norm_`` only reports the norm there);
-* DeepSpeed's own bf16/fp16 would turn the trained weights into half precision: refused;
-  ``train.mixed_precision`` must be ``no`` (``train.rollout_dtype: bf16`` still samples in bf16);
+* DeepSpeed's own bf16/fp16 would turn the trained weights into half precision: refused. The engine runs fp32,
+  and ``train.mixed_precision: bf16`` is bf16 autocast around the forwards, as under DDP (``autocast_forward``:
+  what accelerate does to a DDP model, which it skips under DeepSpeed); fp16 would need loss scaling: refused;
 * the optimiser state lives in per-rank shards: every rank writes and reads its own through DeepSpeed's
   checkpoint (``CKPT/deepspeed/``), next to the usual safetensors weights.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import os
+import sys
+from contextlib import nullcontext
 from pathlib import Path
+from types import MethodType
+from typing import Callable, ContextManager
+
+import torch
 
 #: where a checkpoint keeps DeepSpeed's optimiser shards
 DEEPSPEED_DIR = "deepspeed"
 _TAG = "optimizer"
+
+
+def import_deepspeed_quietly() -> None:
+    """DeepSpeed's logger writes to stdout, which carries ``train``'s JSON rows, and accelerate imports it whenever
+    it is installed (``unwrap_model``), DeepSpeed launch or not. Imported with stdout pointed at stderr, its
+    handler keeps stderr."""
+    if "deepspeed" in sys.modules or importlib.util.find_spec("deepspeed") is None:
+        return
+    with contextlib.redirect_stdout(sys.stderr):
+        import deepspeed  # noqa: F401
 
 
 def deepspeed_launch() -> bool:
@@ -55,10 +74,12 @@ def configure(acc, micro_batch: int, grad_clip: float, mixed_precision: str) -> 
     if stage > 2:
         raise ValueError(f"DeepSpeed ZeRO stage {stage} shards the weights every rank's rollouts read: use "
                          "zero_stage 1 or 2 (they shard the optimiser state and gradients)")
-    if mixed_precision != "no" or any((ds.get(k) or {}).get("enabled") in (True, "true") for k in ("bf16", "fp16")):
-        raise ValueError("under DeepSpeed set train.mixed_precision: no and launch with --mixed_precision no "
-                         "(DeepSpeed's bf16/fp16 would keep the trained weights in half precision); "
-                         "train.rollout_dtype: bf16 still samples in bf16")
+    if any((ds.get(k) or {}).get("enabled") in (True, "true") for k in ("bf16", "fp16")):
+        raise ValueError("the DeepSpeed config enables bf16/fp16, which would keep the trained weights in half "
+                         "precision: launch with --mixed_precision no and set train.mixed_precision: bf16 for "
+                         "bf16 autocast")
+    if mixed_precision == "fp16":
+        raise ValueError("under DeepSpeed train.mixed_precision: fp16 has no loss scaling: use bf16 (autocast) or no")
     ds["train_micro_batch_size_per_gpu"] = micro_batch
     ds["gradient_accumulation_steps"] = 1
     ds["gradient_clipping"] = float(grad_clip)
@@ -86,3 +107,26 @@ def load_optimizer(engine, folder: Path, lora: bool) -> None:
                                      load_optimizer_states=True, load_lr_scheduler_states=False)
     if path is None:
         raise FileNotFoundError(f"{folder} holds no DeepSpeed optimiser state")
+
+
+def autocast_context(acc, mixed_precision: str) -> Callable[[], ContextManager]:
+    """The autocast the loss runs under (the reference must match the policy's precision, or the gap reads as
+    KL): accelerate's own, except under DeepSpeed, where accelerate runs with mixed precision off."""
+    if not is_deepspeed(acc):
+        return acc.autocast
+    if mixed_precision == "bf16":
+        return lambda: torch.autocast(acc.device.type, dtype=torch.bfloat16)
+    return nullcontext
+
+
+def autocast_forward(module: torch.nn.Module, autocast: Callable[[], ContextManager]) -> None:
+    """Run ``module``'s forward under ``autocast`` with fp32 outputs: what accelerate's ``prepare`` does to a DDP
+    model under mixed precision, so every loss (MaskFocus, Mask-GRPO, pretraining) sees the same precision."""
+    from accelerate.utils import convert_outputs_to_fp32
+    inner = module.forward.__func__  # a method bound again below, so a deepcopy of the module calls its own
+
+    def forward(self, *args, **kwargs):
+        with autocast():
+            return inner(self, *args, **kwargs)
+
+    module.forward = MethodType(convert_outputs_to_fp32(forward), module)

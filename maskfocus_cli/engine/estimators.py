@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable, ContextManager
 
 import torch
 from torch import nn
@@ -45,6 +45,7 @@ class UpdateContext:
     acc: Accelerator  #: process_index, num_processes, reduce, autocast
     settings: SamplerSettings  #: the rollout sampler's (T, τ_t): what the recorded trajectory was sampled with
     seed: int
+    autocast: Callable[[], ContextManager] | None = None  #: the loss's precision context (None: acc.autocast)
 
 
 @dataclass(frozen=True)
@@ -141,7 +142,7 @@ class MaskFocusEstimator(Estimator):
         masked = random_remask(final, sub.counts[t], gens)
         # under mixed precision the prepared policy runs autocast; the reference must too, or
         # their precision gap reads as KL (1.7e-5 at iteration 0 with identical weights)
-        with ctx.acc.autocast():
+        with (ctx.autocast or ctx.acc.autocast)():
             return maskfocus_step_loss(ctx.adapter, ctx.net, ctx.reference, final, masked, cond, uncond, info, adv,
                                        settings, old_logp, self.kl_beta, self.clip_low, self.clip_high,
                                        self.kl_max, self.kl_estimator)

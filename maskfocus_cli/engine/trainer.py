@@ -29,8 +29,9 @@ import torch
 
 from maskfocus_cli.config import Recipe, to_dict
 from maskfocus_cli.engine.data import distinct_prompts, load_prompt_source, prompt_weights
-from maskfocus_cli.engine.deepspeed_zero import (DEEPSPEED_DIR, accelerator_device, is_deepspeed, load_optimizer,
-                                               mark_boundary, save_optimizer)
+from maskfocus_cli.engine.deepspeed_zero import (DEEPSPEED_DIR, accelerator_device, autocast_context, autocast_forward,
+                                               deepspeed_launch, import_deepspeed_quietly, is_deepspeed,
+                                               load_optimizer, mark_boundary, save_optimizer)
 from maskfocus_cli.engine.deepspeed_zero import configure as configure_deepspeed
 from maskfocus_cli.engine.estimators import Unit, UpdateContext, make_estimator
 from maskfocus_cli.engine.grpo import group_advantages
@@ -81,6 +82,7 @@ class Trainer:
         self.recipe = recipe
         self.cfg = recipe.train
         self.log = log or (lambda msg: None)
+        import_deepspeed_quietly()  # before accelerate imports it with its stdout logger
         check_placeholders(recipe)  # every FILL-IN at once, before anything (accelerate, models) starts
         if accelerator is None:
             from maskfocus_cli.models.loading import resolve_device
@@ -88,7 +90,10 @@ class Trainer:
             if device.type == "cpu" and self.cfg.mixed_precision == "fp16":  # accelerate would run fp32 silently
                 raise ValueError("train.mixed_precision: fp16 needs a GPU (on CPU autocast is bf16 only): use bf16 "
                                  "or no")
-            accelerator = Accelerator(mixed_precision=self.cfg.mixed_precision, **accelerator_device(device))
+            # under DeepSpeed accelerate's mixed precision is DeepSpeed's (half-precision weights): off, and bf16
+            # is autocast of our own (deepspeed_zero.autocast_forward)
+            precision = "no" if deepspeed_launch() else self.cfg.mixed_precision
+            accelerator = Accelerator(mixed_precision=precision, **accelerator_device(device))
         self.acc = accelerator
         check_distributed_type(str(getattr(self.acc, "distributed_type", "NO")))
         self.deepspeed = is_deepspeed(self.acc)
@@ -136,6 +141,9 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda it: lr_factor(it, self.cfg.warmup, self.cfg.iterations, self.cfg.lr_schedule))
         self.net, self.optimizer = self.acc.prepare(self.policy, self.optimizer)
+        self.autocast = autocast_context(self.acc, self.cfg.mixed_precision)
+        if self.deepspeed and self.cfg.mixed_precision != "no":
+            autocast_forward(self.net.module, self.autocast)
         for st in (self.settings, self.eval_settings):  # too many steps for the image: refuse now, not mid-run
             mask_counts(self.adapter.num_tokens, st.steps, st.schedule)
         self.encoder = PromptEncoder(self.adapter)
@@ -582,7 +590,8 @@ class Trainer:
         return float(value)
 
     def _context(self) -> UpdateContext:
-        return UpdateContext(self.adapter, self.net, self.reference, self.acc, self.settings, self.cfg.seed)
+        return UpdateContext(self.adapter, self.net, self.reference, self.acc, self.settings, self.cfg.seed,
+                             self.autocast)
 
     def _choose_steps(self, sub: Trajectory, it: int, idx: torch.Tensor) -> torch.Tensor:
         """(k,) shared steps or (B, k) per-sample steps for this rank's kept samples (the estimator's)."""

@@ -99,3 +99,23 @@ def test_zero2_matches_one_process_and_resumes_bit_for_bit(tmp_path, tiny_shapes
                                     "--out", str(tmp_path / "plain")])
     assert res.exit_code == 2 and "saved by a DeepSpeed run" in res.output and "--use_deepspeed" in res.output, \
         res.output
+
+
+@pytest.mark.slow
+def test_bf16_under_zero2_is_autocast_for_policy_and_reference_alike(tmp_path, tiny_shapes_dir):
+    """DeepSpeed's own bf16 would keep the weights in bf16; ours is autocast, as under DDP. The reference must run
+    under the same autocast as the policy, or their precision gap reads as KL at iteration 0 (weights equal)."""
+    rows = {}
+    for how in ("flags", "one"):
+        recipe = tmp_path / f"{how}.yaml"
+        recipe.write_text(RECIPE.format(model=tiny_shapes_dir, out=tmp_path / how))
+        proc = launch(how, "-m", "maskfocus_cli", "train", str(recipe), "--set", "train.iterations=1",
+                      "--set", "train.mixed_precision=bf16", cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        rows[how] = [json.loads(l) for l in proc.stdout.splitlines() if l.startswith("{")]
+    ds, one = rows["flags"][0], rows["one"][0]
+    assert ds["kl"] == 0.0 and one["kl"] == 0.0
+    assert ds["loss"] == pytest.approx(one["loss"], abs=1e-6) and ds["grad_norm"] == pytest.approx(one["grad_norm"],
+                                                                                                     rel=1e-3)
+    weights_ds = weights(tmp_path / "flags/checkpoints/step-1")
+    assert all(v.dtype == torch.float32 for v in weights_ds.values())  # the trained weights stay fp32

@@ -237,7 +237,9 @@ def test_the_shipped_showo_mask_grpo_recipe_runs_once_its_placeholders_are_fille
     invoke(["train", recipe_path, "--set", f"model.spec=showo:{tiny_showo}", "--set", f"data.prompts={prompt_file}",
             "--set", f"data.eval_prompts={prompt_file}", "--set", "rewards=[{name: brightness}]",
             "--set", "train.iterations=1", "--set", "train.prompts_per_iter=2", "--set", "train.group_size=2",
-            "--set", "sampler.steps=4", "--set", "model.device=cpu", "--out", run])
+            "--set", "sampler.steps=4", "--set", "model.device=cpu",
+            "--set", "train.mixed_precision=no",  # accelerate's precision is per process: other tests set "no"
+            "--out", run])
     info = json.loads((run / "checkpoints" / "step-1" / "trainer.json").read_text())
     assert info["algorithm"] == "mask-grpo" and info["last_metrics"]["steps"] == [0, 1, 2, 3]
     assert info["sampler"]["guidance_scale"] == 0.0 and info["eval_sampler"]["guidance_scale"] == 5.0

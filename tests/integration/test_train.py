@@ -757,9 +757,10 @@ def test_the_deepspeed_config_comes_from_the_recipe_and_unsupported_settings_are
     assert ds["gradient_clipping"] == 0.5 and "train_batch_size" not in ds
     with pytest.raises(ValueError, match="ZeRO stage 3 shards the weights"):
         configure(acc({"zero_optimization": {"stage": 3}}), 2, 1.0, "no")
-    with pytest.raises(ValueError, match="set train.mixed_precision: no"):
-        configure(acc({"zero_optimization": {"stage": 2}}), 2, 1.0, "bf16")
-    with pytest.raises(ValueError, match="set train.mixed_precision: no"):
+    configure(acc({"zero_optimization": {"stage": 1}}), 2, 1.0, "bf16")  # bf16 autocast around fp32 weights
+    with pytest.raises(ValueError, match="fp16 has no loss scaling"):
+        configure(acc({"zero_optimization": {"stage": 2}}), 2, 1.0, "fp16")
+    with pytest.raises(ValueError, match="DeepSpeed config enables bf16/fp16"):
         configure(acc({"zero_optimization": {"stage": 1}, "fp16": {"enabled": True}}), 2, 1.0, "no")
 
 
