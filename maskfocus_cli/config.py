@@ -247,8 +247,10 @@ def build(cls: type, data: dict, where: str = "") -> Any:
             kwargs[name] = tuple(build(RewardConfig, r if isinstance(r, dict) else {"name": r},
                                        f"{key}[{i}]") for i, r in enumerate(value))
             continue
-        v = _convert(value, hints[name], key)
         meta = f.metadata
+        if value is False and "no" in (meta.get("choices") or ()):  # YAML 1.1 reads a bare `no` as false
+            value = "no"
+        v = _convert(value, hints[name], key)
         _check_finite(v, key)
         if meta.get("length") is not None and isinstance(v, tuple):  # a fixed-length tuple of numbers
             if len(v) != meta["length"]:

@@ -147,3 +147,13 @@ def test_set_with_nothing_after_the_equals_sign_is_the_empty_string(tmp_path):
     assert r.sampler.negative_prompt == ""
     nulled = load_recipe(write(tmp_path, "s.yaml", "{}\n"), ["sampler.negative_prompt=null"])
     assert nulled.sampler.negative_prompt is None
+
+
+def test_a_bare_no_is_the_choice_no_not_false(tmp_path):
+    """`mixed_precision: no` and `--set train.mixed_precision=no` are read by YAML 1.1 as false."""
+    r = load_recipe(write(tmp_path, "r.yaml", "train: {mixed_precision: no}\n"), [])
+    assert r.train.mixed_precision == "no"
+    r = load_recipe(write(tmp_path, "s.yaml", "train: {mixed_precision: bf16}\n"), ["train.mixed_precision=no"])
+    assert r.train.mixed_precision == "no"
+    with pytest.raises(ConfigError, match="expected a string, got False"):  # where "no" is not a choice
+        load_recipe(write(tmp_path, "t.yaml", "sampler: {negative_prompt: no}\n"), [])
