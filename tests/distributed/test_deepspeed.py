@@ -119,3 +119,21 @@ def test_bf16_under_zero2_is_autocast_for_policy_and_reference_alike(tmp_path, t
                                                                                                      rel=1e-3)
     weights_ds = weights(tmp_path / "flags/checkpoints/step-1")
     assert all(v.dtype == torch.float32 for v in weights_ds.values())  # the trained weights stay fp32
+
+
+@pytest.mark.slow
+def test_lora_under_zero2_resumes_bit_for_bit(tmp_path, tiny_shapes_dir):
+    """Under LoRA the base weights are frozen: DeepSpeed's checkpoint leaves them out and its resume must not
+    require them."""
+    recipe = tmp_path / "lora.yaml"
+    recipe.write_text(RECIPE.format(model=tiny_shapes_dir, out=tmp_path / "run").replace(
+        "kl_beta: 0.05", "kl_beta: 0.05, lora_rank: 4"))
+    proc = launch("flags", "-m", "maskfocus_cli", "train", str(recipe), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = launch("flags", "-m", "maskfocus_cli", "train", str(recipe), "--resume",
+                  str(tmp_path / "run/checkpoints/step-1"), "--out", str(tmp_path / "resumed"), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = (load_file(str(tmp_path / run / "checkpoints/step-2/lora.safetensors")) for run in ("run", "resumed"))
+    first = load_file(str(tmp_path / "run/checkpoints/step-1/lora.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], first[k]) for k in a)  # the second iteration trained the adapter
