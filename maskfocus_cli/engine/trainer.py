@@ -31,7 +31,8 @@ from maskfocus_cli.config import Recipe, to_dict
 from maskfocus_cli.engine.data import distinct_prompts, load_prompt_source, prompt_weights
 from maskfocus_cli.engine.deepspeed_zero import (DEEPSPEED_DIR, accelerator_device, autocast_context, autocast_forward,
                                                deepspeed_launch, import_deepspeed_quietly, is_deepspeed,
-                                               load_optimizer, mark_boundary, save_optimizer)
+                                               check_shards, load_optimizer, mark_boundary, quiet_stdout,
+                                               save_optimizer, stale_shards)
 from maskfocus_cli.engine.deepspeed_zero import configure as configure_deepspeed
 from maskfocus_cli.engine.estimators import Unit, UpdateContext, make_estimator
 from maskfocus_cli.engine.grpo import group_advantages
@@ -82,8 +83,8 @@ class Trainer:
         self.recipe = recipe
         self.cfg = recipe.train
         self.log = log or (lambda msg: None)
-        import_deepspeed_quietly()  # before accelerate imports it with its stdout logger
         check_placeholders(recipe)  # every FILL-IN at once, before anything (accelerate, models) starts
+        import_deepspeed_quietly()  # before accelerate imports it with its stdout logger
         if accelerator is None:
             from maskfocus_cli.models.loading import resolve_device
             device = resolve_device(recipe.model.device)  # a bad value or a missing GPU: a clear error
@@ -93,10 +94,14 @@ class Trainer:
             # under DeepSpeed accelerate's mixed precision is DeepSpeed's (half-precision weights): off, and bf16
             # is autocast of our own (deepspeed_zero.autocast_forward)
             precision = "no" if deepspeed_launch() else self.cfg.mixed_precision
-            accelerator = Accelerator(mixed_precision=precision, **accelerator_device(device))
+            with quiet_stdout(deepspeed_launch()):
+                accelerator = Accelerator(mixed_precision=precision, **accelerator_device(device))
         self.acc = accelerator
         check_distributed_type(str(getattr(self.acc, "distributed_type", "NO")))
         self.deepspeed = is_deepspeed(self.acc)
+        if deepspeed_launch() and not self.deepspeed:
+            raise ValueError("accelerate was launched for DeepSpeed but set up without it (use_cpu: true in the "
+                             "accelerate config drops it): remove use_cpu, or launch without DeepSpeed")
         if self.deepspeed:
             configure_deepspeed(self.acc, self.cfg.micro_batch, self.cfg.grad_clip, self.cfg.mixed_precision)
         self.run_dir = Path(recipe.output.dir)
@@ -140,7 +145,8 @@ class Trainer:
                                            weight_decay=self.cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda it: lr_factor(it, self.cfg.warmup, self.cfg.iterations, self.cfg.lr_schedule))
-        self.net, self.optimizer = self.acc.prepare(self.policy, self.optimizer)
+        with quiet_stdout(self.deepspeed):
+            self.net, self.optimizer = self.acc.prepare(self.policy, self.optimizer)
         self.autocast = autocast_context(self.acc, self.cfg.mixed_precision)
         if self.deepspeed and self.cfg.mixed_precision != "no":
             autocast_forward(self.net.module, self.autocast)
@@ -238,10 +244,13 @@ class Trainer:
         shards = final.with_name(f".{final.name}.{DEEPSPEED_DIR}")
         if self.deepspeed:  # every rank writes its optimiser shard; fill() moves them into the checkpoint
             if self.acc.is_main_process:
-                shutil.rmtree(shards, ignore_errors=True)
+                for leftover in stale_shards(final.parent):
+                    shutil.rmtree(leftover, ignore_errors=True)
             self.acc.wait_for_everyone()
             save_optimizer(self.net, shards, self.lora)
             self.acc.wait_for_everyone()
+            if self.acc.is_main_process:
+                check_shards(shards, self.acc.num_processes, "save")
         if self.acc.is_main_process:
             atomic_dir(final, fill)
             for old in stale_checkpoints(checkpoint_dirs(self.run_dir), self.recipe.output.keep_last):
@@ -259,6 +268,8 @@ class Trainer:
                 f"state is {'in per-rank DeepSpeed shards' if not self.deepspeed else 'one torch file'}; resume it "
                 f"{'under the same accelerate launch (--use_deepspeed)' if not self.deepspeed else 'without DeepSpeed'}"
                 ", or start a new run from its weights with model.checkpoint")
+        if self.deepspeed:  # before any weights load
+            check_shards(path / DEEPSPEED_DIR, self.acc.num_processes, "resume")
         if self.lora:
             from peft import set_peft_model_state_dict
             from maskfocus_cli.io.checkpoint import read_weights
@@ -278,6 +289,8 @@ class Trainer:
         else:
             self.optimizer.load_state_dict(st["optimizer"])
         self.scheduler.load_state_dict(st["scheduler"])
+        for group, lr in zip(self.optimizer.param_groups, self.scheduler.get_last_lr()):
+            group["lr"] = lr  # what the scheduler set last, whatever the loaded optimiser state says
         sync_rollout_net(self.rollout_net, self.policy)
         self.state.iteration = int(info["iteration"])
         self.state.elapsed = float(info.get("elapsed_seconds", 0.0))  # the time budget spans resumes
@@ -470,6 +483,9 @@ class Trainer:
         return {"loss": loss_value, **stats, "grad_norm": grad_norm, "time": {"total": time.perf_counter() - t0}}
 
     def _clip(self) -> float:
+        if self.deepspeed:  # DeepSpeed clipped inside its step (gradient_clipping = train.grad_clip): its norm
+            norm = self.net.get_global_grad_norm()
+            return float(norm) if norm is not None else float("nan")
         if self.cfg.grad_clip > 0:
             return float(self.acc.clip_grad_norm_(self.net.parameters(), self.cfg.grad_clip))
         return 0.0

@@ -25,6 +25,9 @@ trainer.optimizer.step = recording_step
 trainer.run()
 rank = trainer.acc.process_index
 state = {k: v.detach().cpu().clone() for k, v in trainer.acc.unwrap_model(trainer.net).state_dict().items()}
+# the learning rate the optimiser that steps holds (under DeepSpeed: the engine's), against the scheduler's
+lr = trainer.net.get_lr() if trainer.deepspeed else [g["lr"] for g in trainer.optimizer.param_groups]
 torch.save({"state": state, "grads": first_grads, "history": trainer.state.history,
-            "world": trainer.acc.num_processes}, f"{out}/rank{rank}.pt")
+            "world": trainer.acc.num_processes, "lr": lr, "scheduler_lr": trainer.scheduler.get_last_lr()},
+           f"{out}/rank{rank}.pt")
 trainer.close()

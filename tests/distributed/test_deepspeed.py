@@ -36,10 +36,11 @@ SHIPPED_CONFIG = Path(__file__).parents[2] / "recipes" / "accelerate" / "deepspe
 
 
 def launch(how: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    """``how``: "flags" (--use_deepspeed), "config" (the shipped accelerate config) or "one" (one process)."""
+    """``how``: "flags" (--use_deepspeed, ZeRO-2), "zero1" (ZeRO-1), "config" (the shipped accelerate config) or
+    "one" (one process, no DeepSpeed)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", MASKFOCUS_TEST_THREADS="1", DS_ACCELERATOR="cpu")
-    given = {"flags": ["--use_deepspeed", "--zero_stage", "2", "--num_machines", "1", "--mixed_precision", "no",
-                       "--dynamo_backend", "no"],
+    flags = ["--use_deepspeed", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    given = {"flags": [*flags, "--zero_stage", "2"], "zero1": [*flags, "--zero_stage", "1"],
              "config": ["--config_file", str(SHIPPED_CONFIG), "--dynamo_backend", "no"],
              "one": ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]}[how]
     n = ["--num_processes", "1" if how == "one" else "2"]
@@ -72,6 +73,8 @@ def test_zero2_matches_one_process_and_resumes_bit_for_bit(tmp_path, tiny_shapes
         assert h2["reward"] == h1["reward"] and h2["kept"] == h1["kept"] and h2["steps"] == h1["steps"]
         assert h2["loss"] == pytest.approx(h1["loss"], abs=1e-6)
     assert r0["history"][0]["grad_norm"] == pytest.approx(single["history"][0]["grad_norm"], rel=1e-4)
+    # the learning-rate schedule (warm-up: lr / 2, then lr) reaches the optimiser DeepSpeed steps
+    assert r0["lr"] == r0["scheduler_lr"] == single["lr"] == [1e-3]
     # one optimiser step per iteration (not one per backward): after the first, every weight whose gradient
     # is clearly non-zero moved by Adam's first step, lr · sign(g), exactly as in the single process
     ds1, one1 = weights(tmp_path / "ds/run/checkpoints/step-1"), weights(tmp_path / "one/run/checkpoints/step-1")
@@ -81,6 +84,12 @@ def test_zero2_matches_one_process_and_resumes_bit_for_bit(tmp_path, tiny_shapes
         assert clear.any()
         torch.testing.assert_close(ds1[k][clear], one1[k][clear], rtol=0, atol=1e-6)
         assert (ds1[k][clear] - base[k][clear]).abs().min() > 0.5e-3 * 0.5  # it moved (warm-up: lr / 2)
+    # and the second step, at the full lr, lands where the single process's does (a step at the warm-up's lr / 2
+    # would be ~5e-4 away; the weights Adam moved on noise in step 1 perturb step 2 by far less)
+    ds2, one2 = weights(tmp_path / "ds/run/checkpoints/step-2"), weights(tmp_path / "one/run/checkpoints/step-2")
+    for k, g in single["grads"].items():
+        clear = g.abs() > 1e-3 * g.abs().max()
+        torch.testing.assert_close(ds2[k][clear], one2[k][clear], rtol=0, atol=5e-5)
     # each rank's optimiser shard is in the checkpoint; resuming from step 1 (launched with the shipped accelerate
     # config this time) repeats step 2 bit for bit
     ckpt1 = tmp_path / "ds/run/checkpoints/step-1"
@@ -102,22 +111,27 @@ def test_zero2_matches_one_process_and_resumes_bit_for_bit(tmp_path, tiny_shapes
 
 
 @pytest.mark.slow
-def test_bf16_under_zero2_is_autocast_for_policy_and_reference_alike(tmp_path, tiny_shapes_dir):
-    """DeepSpeed's own bf16 would keep the weights in bf16; ours is autocast, as under DDP. The reference must run
-    under the same autocast as the policy, or their precision gap reads as KL at iteration 0 (weights equal)."""
+@pytest.mark.parametrize("algorithm, how", [("maskfocus", "flags"), ("mask-grpo", "zero1")])
+def test_bf16_under_deepspeed_is_autocast_as_under_ddp(tmp_path, tiny_shapes_dir, algorithm, how):
+    """DeepSpeed's own bf16 would keep the weights in bf16; ours is autocast, as under DDP. MaskFocus: the reference
+    runs under the policy's autocast, or their precision gap reads as KL at iteration 0 (weights equal).
+    Mask-GRPO (on ZeRO-1, whose non-final backward passes skip the all-reduce): its loss has no autocast of its
+    own, so the engine's forward must carry it, or the gradient differs from the bf16 single process's."""
     rows = {}
-    for how in ("flags", "one"):
-        recipe = tmp_path / f"{how}.yaml"
-        recipe.write_text(RECIPE.format(model=tiny_shapes_dir, out=tmp_path / how))
-        proc = launch(how, "-m", "maskfocus_cli", "train", str(recipe), "--set", "train.iterations=1",
+    for launcher in (how, "one"):
+        recipe = tmp_path / f"{launcher}.yaml"
+        recipe.write_text(RECIPE.format(model=tiny_shapes_dir, out=tmp_path / launcher).replace(
+            "algorithm: maskfocus", f"algorithm: {algorithm}"))
+        proc = launch(launcher, "-m", "maskfocus_cli", "train", str(recipe), "--set", "train.iterations=1",
                       "--set", "train.mixed_precision=bf16", cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr[-3000:]
-        rows[how] = [json.loads(l) for l in proc.stdout.splitlines() if l.startswith("{")]
-    ds, one = rows["flags"][0], rows["one"][0]
-    assert ds["kl"] == 0.0 and one["kl"] == 0.0
-    assert ds["loss"] == pytest.approx(one["loss"], abs=1e-6) and ds["grad_norm"] == pytest.approx(one["grad_norm"],
-                                                                                                     rel=1e-3)
-    weights_ds = weights(tmp_path / "flags/checkpoints/step-1")
+        rows[launcher] = [json.loads(l) for l in proc.stdout.splitlines()]  # stdout: JSON rows and nothing else
+    ds, one = rows[how][0], rows["one"][0]
+    if algorithm == "maskfocus":
+        assert ds["kl"] == 0.0 and one["kl"] == 0.0
+    assert ds["loss"] == pytest.approx(one["loss"], abs=1e-6)
+    assert ds["grad_norm"] == pytest.approx(one["grad_norm"], rel=1e-3)
+    weights_ds = weights(tmp_path / how / "checkpoints/step-1")
     assert all(v.dtype == torch.float32 for v in weights_ds.values())  # the trained weights stay fp32
 
 

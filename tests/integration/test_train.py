@@ -755,13 +755,43 @@ def test_the_deepspeed_config_comes_from_the_recipe_and_unsupported_settings_are
     configure(acc(ds), micro_batch=6, grad_clip=0.5, mixed_precision="no")
     assert ds["train_micro_batch_size_per_gpu"] == 6 and ds["gradient_accumulation_steps"] == 1
     assert ds["gradient_clipping"] == 0.5 and "train_batch_size" not in ds
-    with pytest.raises(ValueError, match="ZeRO stage 3 shards the weights"):
+    with pytest.raises(ValueError, match="ZeRO stage 3 is not supported.*stage 3 shards the weights"):
         configure(acc({"zero_optimization": {"stage": 3}}), 2, 1.0, "no")
     configure(acc({"zero_optimization": {"stage": 1}}), 2, 1.0, "bf16")  # bf16 autocast around fp32 weights
     with pytest.raises(ValueError, match="fp16 has no loss scaling"):
         configure(acc({"zero_optimization": {"stage": 2}}), 2, 1.0, "fp16")
-    with pytest.raises(ValueError, match="DeepSpeed config enables bf16/fp16"):
-        configure(acc({"zero_optimization": {"stage": 1}, "fp16": {"enabled": True}}), 2, 1.0, "no")
+    for ds in ({"fp16": {"enabled": True}}, {"bf16": {"enabled": "True"}}, {"torch_autocast": {"enabled": 1}}):
+        with pytest.raises(ValueError, match="DeepSpeed config enables bf16/fp16"):
+            configure(acc({"zero_optimization": {"stage": 1}, **ds}), 2, 1.0, "no")
+    with pytest.raises(ValueError, match="ZeRO stage 0 is not supported"):
+        configure(acc({"zero_optimization": {"stage": 0}}, stage=0), 2, 1.0, "no")
+    # what would take the optimiser or the learning-rate schedule out of the recipe's hands
+    for extra, key in (({"scheduler": {"type": "WarmupLR"}}, "scheduler"), ({"optimizer": {"type": "Adam"}},
+                                                                             "optimizer"),
+                       ({"zero_optimization": {"stage": 2, "offload_optimizer": {"device": "cpu"}}},
+                        "zero_optimization.offload_optimizer"),
+                       ({"zero_optimization": {"stage": 2, "elastic_checkpoint": True}},
+                        "zero_optimization.elastic_checkpoint")):
+        with pytest.raises(ValueError, match=f"remove {key} from the DeepSpeed config"):
+            configure(acc({"zero_optimization": {"stage": 2}, **extra}), 2, 1.0, "no")
+    configure(acc({"zero_optimization": {"stage": 2, "offload_optimizer": {"device": "none"}}}), 2, 1.0, "no")
+
+
+def test_deepspeed_shards_are_counted_before_a_save_lands_or_a_resume_loads(tmp_path):
+    from maskfocus_cli.engine.deepspeed_zero import check_shards, stale_shards
+    from maskfocus_cli.io.checkpoint import CheckpointError
+    shards = tmp_path / "checkpoints" / ".step-4.deepspeed"
+    (shards / "optimizer").mkdir(parents=True)
+    for r in range(2):
+        (shards / "optimizer" / f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt").write_bytes(b"")
+    check_shards(shards, 2, "save")
+    with pytest.raises(CheckpointError, match="rank 0 sees 2 of 4 DeepSpeed optimiser shards .* a filesystem "
+                                              "shared by all nodes"):
+        check_shards(shards, 4, "save")
+    with pytest.raises(CheckpointError, match="optimiser shards of 2 DeepSpeed ranks, this launch has 4: resume "
+                                              "with --num_processes 2"):
+        check_shards(shards, 4, "resume")
+    assert stale_shards(tmp_path / "checkpoints") == [shards]
 
 
 def test_checkpoints_record_the_resolved_sampler_and_a_resume_must_match_it(tmp_path, tiny_shapes_dir):
