@@ -30,8 +30,8 @@ import torch
 from maskfocus_cli.config import Recipe, to_dict
 from maskfocus_cli.engine.data import distinct_prompts, load_prompt_source, prompt_weights
 from maskfocus_cli.engine.deepspeed_zero import (DEEPSPEED_DIR, accelerator_device, autocast_context, autocast_forward,
-                                               deepspeed_launch, import_deepspeed_quietly, is_deepspeed,
-                                               check_shards, load_optimizer, mark_boundary, quiet_stdout,
+                                               check_shards, deepspeed_launch, import_deepspeed_quietly,
+                                               is_deepspeed, load_optimizer, mark_boundary, quiet_stdout,
                                                save_optimizer, stale_shards)
 from maskfocus_cli.engine.deepspeed_zero import configure as configure_deepspeed
 from maskfocus_cli.engine.estimators import Unit, UpdateContext, make_estimator
