@@ -111,10 +111,13 @@ def test_zero2_matches_one_process_and_resumes_bit_for_bit(tmp_path, tiny_shapes
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("algorithm, how", [("maskfocus", "flags"), ("mask-grpo", "zero1")])
-def test_bf16_under_deepspeed_is_autocast_as_under_ddp(tmp_path, tiny_shapes_dir, algorithm, how):
+@pytest.mark.parametrize("algorithm, how, extra", [("maskfocus", "flags", ["train.inner_epochs=2",
+                                                                            "train.ema_decay=0.5"]),
+                                                   ("mask-grpo", "zero1", [])])
+def test_bf16_under_deepspeed_is_autocast_as_under_ddp(tmp_path, tiny_shapes_dir, algorithm, how, extra):
     """DeepSpeed's own bf16 would keep the weights in bf16; ours is autocast, as under DDP. MaskFocus: the reference
-    runs under the policy's autocast, or their precision gap reads as KL at iteration 0 (weights equal).
+    runs under the policy's autocast, or their precision gap reads as KL at iteration 0 (weights equal); two
+    inner epochs (two DeepSpeed steps in one iteration; the logged norm is the second's) and a weight average.
     Mask-GRPO (on ZeRO-1, whose non-final backward passes skip the all-reduce): its loss has no autocast of its
     own, so the engine's forward must carry it, or the gradient differs from the bf16 single process's."""
     rows = {}
@@ -122,8 +125,8 @@ def test_bf16_under_deepspeed_is_autocast_as_under_ddp(tmp_path, tiny_shapes_dir
         recipe = tmp_path / f"{launcher}.yaml"
         recipe.write_text(RECIPE.format(model=tiny_shapes_dir, out=tmp_path / launcher).replace(
             "algorithm: maskfocus", f"algorithm: {algorithm}"))
-        proc = launch(launcher, "-m", "maskfocus_cli", "train", str(recipe), "--set", "train.iterations=1",
-                      "--set", "train.mixed_precision=bf16", cwd=tmp_path)
+        sets = [a for kv in ["train.iterations=1", "train.mixed_precision=bf16", *extra] for a in ("--set", kv)]
+        proc = launch(launcher, "-m", "maskfocus_cli", "train", str(recipe), *sets, cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr[-3000:]
         rows[launcher] = [json.loads(l) for l in proc.stdout.splitlines()]  # stdout: JSON rows and nothing else
     ds, one = rows[how][0], rows["one"][0]
@@ -133,6 +136,9 @@ def test_bf16_under_deepspeed_is_autocast_as_under_ddp(tmp_path, tiny_shapes_dir
     assert ds["grad_norm"] == pytest.approx(one["grad_norm"], rel=1e-3)
     weights_ds = weights(tmp_path / how / "checkpoints/step-1")
     assert all(v.dtype == torch.float32 for v in weights_ds.values())  # the trained weights stay fp32
+    if extra:  # the checkpoint hands out the weight average, and keeps the raw policy for --resume
+        policy = load_file(str(tmp_path / how / "checkpoints/step-1/policy.safetensors"))
+        assert any(not torch.equal(weights_ds[k], policy[k]) for k in weights_ds)
 
 
 @pytest.mark.slow
