@@ -31,20 +31,37 @@ def standard_samples(adapter: MaskedT2IAdapter, net: nn.Module, encoder: PromptE
         yield lo, images
 
 
-def validation_reward(reward, samples, rows: list[tuple[str, dict | None]], seeds: list[int]) -> dict:
+def validation_reward(reward, samples, rows: list[tuple[str, dict | None]], seeds: list[int], *, rank: int = 0,
+                      world: int = 1, gather=None) -> dict:
     """Reward of the standard sampler on fixed eval prompts (``SEEDS_PER_PROMPT`` images each).
 
     The rollout reward is measured on routed samples, and a run can raise it by making exploratory samples
     less broken while what ``evaluate`` samples gets no better; this is the curve to watch. ``samples`` is
-    ``(prompts, seeds) -> (offset, images)`` batches (``standard_samples`` bound to the model)."""
+    ``(prompts, seeds) -> (offset, images)`` batches (``standard_samples`` bound to the model). With ``world``
+    ranks each samples and scores every ``world``-th image and ``gather`` (equal-length tensors from every rank,
+    concatenated in rank order) brings the scores together: the same numbers as one process, 1/world of the work."""
     prompts = [p for p, _ in rows for _ in range(SEEDS_PER_PROMPT)]
     metas = [m for _, m in rows for _ in range(SEEDS_PER_PROMPT)]
-    totals, valids = [], []
-    for lo, images in samples(prompts, seeds):
-        out = reward(images, prompts[lo:lo + len(images)], metas[lo:lo + len(images)])
+    mine = list(range(rank, len(prompts), world))
+    totals, valids = [torch.zeros(0)], [torch.zeros(0, dtype=torch.bool)]
+    for lo, images in samples([prompts[i] for i in mine], [seeds[i] for i in mine]):
+        idx = mine[lo:lo + len(images)]
+        out = reward(images, [prompts[i] for i in idx], [metas[i] for i in idx])
         totals.append(out.total.float().cpu())
         valids.append(out.valid.bool().cpu())
     total, valid = torch.cat(totals), torch.cat(valids)
+    if world > 1:  # pad every rank's share to the longest, gather, and put the images back in order
+        share = -(-len(prompts) // world)
+        local = torch.zeros(share, 2)
+        local[:len(mine), 0], local[:len(mine), 1] = total, valid.float()
+        both = gather(local).reshape(world, share, 2)
+        order = torch.full((world, share), -1, dtype=torch.long)
+        for r in range(world):
+            ids = torch.arange(r, len(prompts), world)
+            order[r, :len(ids)] = ids
+        keep = order >= 0
+        total, valid = torch.empty(len(prompts)), torch.empty(len(prompts), dtype=torch.bool)
+        total[order[keep]], valid[order[keep]] = both[..., 0][keep], both[..., 1][keep] > 0.5
     return {"reward": mean_std(total[valid]), "by_tag": reward_by_tag(total, valid, metas)}
 
 

@@ -720,7 +720,10 @@ class Trainer:
         # the source's own rows (tag-balanced for shapes:heldout, repeats included), unlike the grids' distinct ones
         rows = load_prompt_source(self.recipe.data.eval_prompts)[:self.recipe.data.num_validation_prompts]
         seeds = [derive_seed(self.cfg.seed, "validation", i) for i in range(len(rows) * SEEDS_PER_PROMPT)]
-        return validation_reward(self.reward, self._standard_samples, rows, seeds)
+        gather = None if self.acc.num_processes == 1 else \
+            (lambda t: self.acc.gather(t.to(self.acc.device)).cpu())
+        return validation_reward(self.reward, self._standard_samples, rows, seeds, rank=self.acc.process_index,
+                                 world=self.acc.num_processes, gather=gather)
 
     def sample_grid(self, name: str) -> Path | None:
         """Fixed eval prompts × 4 seeds → OUT/samples/NAME.png (main process)."""

@@ -18,8 +18,8 @@ critical: {{selector: info-gain, k: 2, reduction: {reduction}}}
 rewards: [{{name: brightness}}]
 train: {{algorithm: maskfocus, iterations: 2, prompts_per_iter: 2, group_size: 4, micro_batch: 2, lr: 1.0e-3,
         kl_beta: 0.05}}
-output: {{dir: "{out}", checkpoint_every: 1}}
-data: {{num_eval_prompts: 0}}
+output: {{dir: "{out}", checkpoint_every: 1, validate_every: 2}}
+data: {{num_eval_prompts: 0, num_validation_prompts: 3}}
 """
 
 
@@ -63,10 +63,12 @@ def test_two_ranks_stay_identical_and_match_one_process(tmp_path, tiny_shapes_di
     for h2, h1 in zip(results[2][0]["history"], single["history"]):
         assert h2["reward"] == h1["reward"] and h2["explore_fraction"] == pytest.approx(h1["explore_fraction"])
         assert h2["kept"] == h1["kept"]
+        assert h2.get("validation") == h1.get("validation")  # each rank sampled half the validation images
         assert h2["loss"] == pytest.approx(h1["loss"], abs=1e-6) and h2["kl"] == pytest.approx(h1["kl"], rel=1e-4)
         if reduction == "batch":
             assert h2["steps"] == h1["steps"]
     assert single["history"][1]["kl"] > 0
+    assert "validation" in single["history"][1]
 
 
 
