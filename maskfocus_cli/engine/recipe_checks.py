@@ -59,12 +59,32 @@ def warn_heldout_training(recipe: Recipe, adapter: MaskedT2IAdapter, prompts: Ro
     """Training on the shapes bench's held-out prompts is allowed (an overfitting probe), never silent: the
     bench would then score prompts the run was rewarded on."""
     if adapter.family != "shapes":
+        warn_geneval_training(recipe, prompts, log)
         return
     from maskfocus_cli.shapes.world import heldout_prompts
     seen = {p for p, _ in prompts} & heldout_prompts()
     if seen:
         log(f"warning: data.prompts ({recipe.data.prompts}) holds {len(seen)} held-out shapes prompts, which "
             "`maskfocus evaluate --bench shapes` scores: its results would not be held-out (train on shapes:train)")
+
+
+def warn_geneval_training(recipe: Recipe, prompts: Rows, log: Callable[[str], None]) -> None:
+    """Real models: the same for GenEval's 553 evaluation prompts, checked against the cached official file when
+    ``evaluate`` has fetched it (a training run never downloads it)."""
+    import json
+
+    from maskfocus_cli.bench.prompts import cache_dir
+    path = cache_dir() / "geneval" / "evaluation_metadata.jsonl"
+    if not path.is_file():
+        return
+    try:
+        bench = {json.loads(line)["prompt"].strip().lower() for line in path.read_text().splitlines() if line.strip()}
+    except (ValueError, KeyError, TypeError):  # a damaged cache is evaluate's problem, not this warning's
+        return
+    seen = {p.strip().lower() for p, _ in prompts} & bench
+    if seen:
+        log(f"warning: data.prompts ({recipe.data.prompts}) holds {len(seen)} of GenEval's evaluation prompts "
+            f"({path}): `maskfocus evaluate --bench geneval` would score prompts the run was rewarded on")
 
 
 def eval_prompts_used(recipe: Recipe) -> bool:

@@ -811,3 +811,28 @@ def test_checkpoints_record_the_resolved_sampler_and_a_resume_must_match_it(tmp_
     info_path.write_text(json.dumps(info))
     res = CliRunner().invoke(main, ["train", str(p), "--set", "train.iterations=2", "--resume", "latest"])
     assert res.exit_code == 2 and "sampler.gumbel_temperature (resolved): 1.5" in " ".join(res.output.split())
+
+
+def test_training_a_real_model_on_geneval_s_evaluation_prompts_is_said(tmp_path, monkeypatch):
+    """Checked against the cached official metadata (here the project's shared copy), never downloaded."""
+    from types import SimpleNamespace
+
+    from maskfocus_cli.engine.recipe_checks import warn_heldout_training
+    official = Path(__file__).parents[3] / "shared" / "data" / "geneval" / "evaluation_metadata.jsonl"
+    if not official.is_file():
+        pytest.skip("../shared/data/geneval is absent")
+    recipe = SimpleNamespace(data=SimpleNamespace(prompts="train.jsonl"))
+    meissonic = SimpleNamespace(family="meissonic")
+    rows = [json.loads(l) for l in official.read_text().splitlines()[:3]]
+    prompts = [(r["prompt"].upper(), r) for r in rows] + [("a photo of a purple giraffe on the moon", None)]
+    monkeypatch.setenv("MASKFOCUS_CACHE", str(tmp_path))
+    said = []
+    warn_heldout_training(recipe, meissonic, prompts, said.append)
+    assert said == []  # no cached file: nothing to compare with, and nothing is fetched
+    (tmp_path / "benchmarks" / "geneval").mkdir(parents=True)
+    (tmp_path / "benchmarks" / "geneval" / "evaluation_metadata.jsonl").write_bytes(official.read_bytes())
+    warn_heldout_training(recipe, meissonic, prompts, said.append)
+    assert len(said) == 1 and "holds 3 of GenEval's evaluation prompts" in said[0]
+    said.clear()
+    warn_heldout_training(recipe, meissonic, prompts[3:], said.append)
+    assert said == []
