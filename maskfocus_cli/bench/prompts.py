@@ -26,6 +26,8 @@ T2I_COMPBENCH_CATEGORIES = ("color", "shape", "texture", "spatial", "3d_spatial"
                             "numeracy", "complex")
 
 GENEVAL_URL = "https://raw.githubusercontent.com/djghosh13/geneval/main/prompts/evaluation_metadata.jsonl"
+#: where the official GenEval metadata is cached, under ``cache_dir()``
+GENEVAL_CACHED = "geneval/evaluation_metadata.jsonl"
 T2I_COMPBENCH_URL = ("https://raw.githubusercontent.com/Karine-Huang/T2I-CompBench/main/"
                      "examples/dataset/{name}.txt")
 DOWNLOAD_TIMEOUT_S = 10.0
@@ -132,7 +134,7 @@ def load_geneval_metadata(path: str | Path | None = None,
     ``colors``, when given, restricts ``include[].color`` to that vocabulary.
     """
     if path is None:
-        path = cached_benchmark_file("geneval/evaluation_metadata.jsonl", GENEVAL_URL, "--metadata")
+        path = cached_benchmark_file(GENEVAL_CACHED, GENEVAL_URL, "--metadata")
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"GenEval metadata file not found: {path}; pass --metadata PATH to an "

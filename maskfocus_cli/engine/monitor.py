@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from maskfocus_cli.engine.metrics import mean_std, reward_by_tag
+from maskfocus_cli.engine.ranks import gather_in_order
 from maskfocus_cli.engine.sampling import PromptEncoder, SamplerSettings, sample
 from maskfocus_cli.io.checkpoint import atomic_write_bytes, atomic_write_json
 from maskfocus_cli.models.base import MaskedT2IAdapter
@@ -38,8 +39,8 @@ def validation_reward(reward, samples, rows: list[tuple[str, dict | None]], seed
     The rollout reward is measured on routed samples, and a run can raise it by making exploratory samples
     less broken while what ``evaluate`` samples gets no better; this is the curve to watch. ``samples`` is
     ``(prompts, seeds) -> (offset, images)`` batches (``standard_samples`` bound to the model). With ``world``
-    ranks each samples and scores every ``world``-th image and ``gather`` (equal-length tensors from every rank,
-    concatenated in rank order) brings the scores together: the same numbers as one process, 1/world of the work."""
+    ranks each samples and scores every ``world``-th image and ``ranks.gather_in_order`` brings the scores
+    together: the same numbers as one process, 1/world of the work."""
     prompts = [p for p, _ in rows for _ in range(SEEDS_PER_PROMPT)]
     metas = [m for _, m in rows for _ in range(SEEDS_PER_PROMPT)]
     mine = list(range(rank, len(prompts), world))
@@ -49,19 +50,9 @@ def validation_reward(reward, samples, rows: list[tuple[str, dict | None]], seed
         out = reward(images, [prompts[i] for i in idx], [metas[i] for i in idx])
         totals.append(out.total.float().cpu())
         valids.append(out.valid.bool().cpu())
-    total, valid = torch.cat(totals), torch.cat(valids)
-    if world > 1:  # pad every rank's share to the longest, gather, and put the images back in order
-        share = -(-len(prompts) // world)
-        local = torch.zeros(share, 2)
-        local[:len(mine), 0], local[:len(mine), 1] = total, valid.float()
-        both = gather(local).reshape(world, share, 2)
-        order = torch.full((world, share), -1, dtype=torch.long)
-        for r in range(world):
-            ids = torch.arange(r, len(prompts), world)
-            order[r, :len(ids)] = ids
-        keep = order >= 0
-        total, valid = torch.empty(len(prompts)), torch.empty(len(prompts), dtype=torch.bool)
-        total[order[keep]], valid[order[keep]] = both[..., 0][keep], both[..., 1][keep] > 0.5
+    local = torch.stack([torch.cat(totals), torch.cat(valids).float()], dim=1)
+    full = gather_in_order(local, len(prompts), world, gather)
+    total, valid = full[:, 0], full[:, 1] > 0.5
     return {"reward": mean_std(total[valid]), "by_tag": reward_by_tag(total, valid, metas)}
 
 

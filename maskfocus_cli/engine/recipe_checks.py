@@ -71,15 +71,13 @@ def warn_heldout_training(recipe: Recipe, adapter: MaskedT2IAdapter, prompts: Ro
 def warn_geneval_training(recipe: Recipe, prompts: Rows, log: Callable[[str], None]) -> None:
     """Real models: the same for GenEval's 553 evaluation prompts, checked against the cached official file when
     ``evaluate`` has fetched it (a training run never downloads it)."""
-    import json
-
-    from maskfocus_cli.bench.prompts import cache_dir
-    path = cache_dir() / "geneval" / "evaluation_metadata.jsonl"
+    from maskfocus_cli.bench.prompts import GENEVAL_CACHED, cache_dir, load_geneval_metadata
+    path = cache_dir() / GENEVAL_CACHED
     if not path.is_file():
         return
     try:
-        bench = {json.loads(line)["prompt"].strip().lower() for line in path.read_text().splitlines() if line.strip()}
-    except (ValueError, KeyError, TypeError):  # a damaged cache is evaluate's problem, not this warning's
+        bench = {row["prompt"].strip().lower() for row in load_geneval_metadata(path)}
+    except ValueError:  # a damaged cache is evaluate's problem, not this warning's
         return
     seen = {p.strip().lower() for p, _ in prompts} & bench
     if seen:

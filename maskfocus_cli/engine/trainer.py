@@ -39,6 +39,7 @@ from maskfocus_cli.engine.grpo import group_advantages
 from maskfocus_cli.engine.lora import AdapterDisabled, add_lora
 from maskfocus_cli.engine.metrics import mean_std, reward_by_tag
 from maskfocus_cli.engine.monitor import SEEDS_PER_PROMPT, copy_grid, standard_samples, validation_reward, write_grid
+from maskfocus_cli.engine.ranks import gather_in_order
 from maskfocus_cli.engine.recipe_checks import (check_distributed_type, check_eval_prompts,
                                                 check_metadata_for_reward, check_placeholders, check_vocabulary,
                                                 warn_heldout_training)
@@ -181,6 +182,10 @@ class Trainer:
                                       fidelity=recipe.data.caption_fidelity or None)
 
     # ------------------------------------------------------------------ set-up helpers
+    def _gather(self, values: torch.Tensor) -> torch.Tensor:
+        """Every rank's equal-length tensor, concatenated in rank order (on the CPU)."""
+        return self.acc.gather(values.contiguous().to(self.acc.device)).cpu()
+
     def _gather_entropies(self, values: torch.Tensor) -> torch.Tensor:
         """Every rank's per-sample entropies (ranks hold equal shares: k-repeat split)."""
         return self.acc.gather(values.contiguous().to(self.acc.device)).to(values.device)
@@ -262,12 +267,13 @@ class Trainer:
         from maskfocus_cli.io.checkpoint import load_weights
         info = read_json(path / "trainer.json")
         self.adapter.check_checkpoint(path)
-        if (path / DEEPSPEED_DIR).is_dir() != self.deepspeed:
-            raise CheckpointError(
-                f"{path} was saved by a {'DeepSpeed' if not self.deepspeed else 'non-DeepSpeed'} run: its optimiser "
-                f"state is {'in per-rank DeepSpeed shards' if not self.deepspeed else 'one torch file'}; resume it "
-                f"{'under the same accelerate launch (--use_deepspeed)' if not self.deepspeed else 'without DeepSpeed'}"
-                ", or start a new run from its weights with model.checkpoint")
+        saved_by_deepspeed = (path / DEEPSPEED_DIR).is_dir()
+        if saved_by_deepspeed != self.deepspeed:
+            how = ("a DeepSpeed run: its optimiser state is in per-rank shards; resume it under the same accelerate "
+                   "launch (--use_deepspeed)") if saved_by_deepspeed else \
+                "a run without DeepSpeed: its optimiser state is one torch file; resume it without DeepSpeed"
+            raise CheckpointError(f"{path} was saved by {how}, or start a new run from its weights with "
+                                  "model.checkpoint")
         if self.deepspeed:  # before any weights load
             check_shards(path / DEEPSPEED_DIR, self.acc.num_processes, "resume")
         if self.lora:
@@ -528,10 +534,7 @@ class Trainer:
             raise RewardFailed(e) from e
         local = torch.stack([out.total.float().cpu(), out.valid.float().cpu()]
                             + [out.components[k].float().cpu() for k in sorted(out.components)])
-        gathered = acc.gather(local.to(acc.device).T.contiguous()).cpu()  # (total, 2 + C) in rank order
-        order = torch.tensor([i for r in range(world) for i in range(r, total, world)])
-        full = torch.empty_like(gathered)
-        full[order] = gathered
+        full = gather_in_order(local.T.contiguous(), total, world, self._gather)  # (total, 2 + C), image order
         rewards, valid = full[:, 0], full[:, 1] > 0.5
         adv = group_advantages(rewards, valid, G)
         times["reward"] = time.perf_counter() - t1
@@ -720,10 +723,8 @@ class Trainer:
         # the source's own rows (tag-balanced for shapes:heldout, repeats included), unlike the grids' distinct ones
         rows = load_prompt_source(self.recipe.data.eval_prompts)[:self.recipe.data.num_validation_prompts]
         seeds = [derive_seed(self.cfg.seed, "validation", i) for i in range(len(rows) * SEEDS_PER_PROMPT)]
-        gather = None if self.acc.num_processes == 1 else \
-            (lambda t: self.acc.gather(t.to(self.acc.device)).cpu())
         return validation_reward(self.reward, self._standard_samples, rows, seeds, rank=self.acc.process_index,
-                                 world=self.acc.num_processes, gather=gather)
+                                 world=self.acc.num_processes, gather=self._gather)
 
     def sample_grid(self, name: str) -> Path | None:
         """Fixed eval prompts × 4 seeds → OUT/samples/NAME.png (main process)."""
