@@ -31,6 +31,10 @@ def opt(default: Any, help: str, *, choices: tuple | None = None, min: float | N
     return field(default=default, metadata=meta)
 
 
+#: experiment trackers accelerate knows (``output.log_with``)
+TRACKERS = ("tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive", "swanlab", "trackio")
+
+
 # --------------------------------------------------------------------------- sections
 @dataclass(frozen=True)
 class ModelConfig:
@@ -154,6 +158,11 @@ class OutputConfig:
     sample_every: int = opt(0, "iterations between eval sample grids (0 = only at the end)", min=0)
     validate_every: int = opt(0, "iterations between a validation reward: eval prompts sampled with the standard "
                               "step (no routing, as `evaluate` samples), scored by the rewards; 0 = off", min=0)
+    log_with: tuple = opt((), "experiment trackers fed through accelerate besides metrics.jsonl (each needs its own "
+                          "package): rows as scalars at step = iteration, the recipe as config, sample grids as "
+                          "images (TensorBoard, W&B, SwanLab); TensorBoard writes to OUT/trackers/",
+                          choices=TRACKERS, factory=tuple)
+    tracker_project: str | None = opt(None, "project / experiment name in the trackers (null: the run folder's name)")
 
 
 @dataclass(frozen=True)
@@ -250,6 +259,9 @@ def build(cls: type, data: dict, where: str = "") -> Any:
         meta = f.metadata
         if value is False and "no" in (meta.get("choices") or ()):  # YAML 1.1 reads a bare `no` as false
             value = "no"
+        listed = hints[name] is tuple and meta.get("choices")  # a list of choices: one may be given bare
+        if listed and isinstance(value, str):
+            value = [value]
         v = _convert(value, hints[name], key)
         _check_finite(v, key)
         if meta.get("length") is not None and isinstance(v, tuple):  # a fixed-length tuple of numbers
@@ -260,7 +272,11 @@ def build(cls: type, data: dict, where: str = "") -> Any:
             for i, x in enumerate(v):
                 if meta.get("min") is not None and x < meta["min"] or meta.get("max") is not None and x > meta["max"]:
                     raise ConfigError(f"{key}[{i}]: {x} is outside {meta.get('min')}…{meta.get('max')}")
-        if meta.get("choices") and v not in meta["choices"]:
+        if listed:
+            for x in v:
+                if x not in meta["choices"]:
+                    raise ConfigError(f"{key}: {x!r} is not one of {', '.join(map(str, meta['choices']))}")
+        elif meta.get("choices") and v not in meta["choices"]:
             raise ConfigError(f"{key}: {v!r} is not one of {', '.join(map(str, meta['choices']))}")
         if meta.get("min") is not None and isinstance(v, (int, float)) and v < meta["min"]:
             raise ConfigError(f"{key}: {v} is below the minimum {meta['min']}")

@@ -34,6 +34,7 @@ from maskfocus_cli.engine.deepspeed_zero import (DEEPSPEED_DIR, accelerator_devi
                                                is_deepspeed, load_optimizer, mark_boundary, quiet_stdout,
                                                save_optimizer, stale_shards)
 from maskfocus_cli.engine.deepspeed_zero import configure as configure_deepspeed
+from maskfocus_cli.engine import trackers
 from maskfocus_cli.engine.estimators import Unit, UpdateContext, make_estimator
 from maskfocus_cli.engine.grpo import group_advantages
 from maskfocus_cli.engine.lora import AdapterDisabled, add_lora
@@ -85,6 +86,7 @@ class Trainer:
         self.cfg = recipe.train
         self.log = log or (lambda msg: None)
         check_placeholders(recipe)  # every FILL-IN at once, before anything (accelerate, models) starts
+        trackers.check_trackers(recipe.output.log_with)
         import_deepspeed_quietly()  # before accelerate imports it with its stdout logger
         if accelerator is None:
             from maskfocus_cli.models.loading import resolve_device
@@ -95,8 +97,13 @@ class Trainer:
             # under DeepSpeed accelerate's mixed precision is DeepSpeed's (half-precision weights): off, and bf16
             # is autocast of our own (deepspeed_zero.autocast_forward)
             precision = "no" if deepspeed_launch() else self.cfg.mixed_precision
+            logging = {"log_with": list(recipe.output.log_with),
+                       "project_dir": str(Path(recipe.output.dir) / "trackers")} if recipe.output.log_with else {}
             with quiet_stdout(deepspeed_launch()):
-                accelerator = Accelerator(mixed_precision=precision, **accelerator_device(device))
+                accelerator = Accelerator(mixed_precision=precision, **accelerator_device(device), **logging)
+        elif recipe.output.log_with:
+            raise ValueError("output.log_with needs the trainer to build its own Accelerator (trackers are set up "
+                             "when it is created)")
         self.acc = accelerator
         check_distributed_type(str(getattr(self.acc, "distributed_type", "NO")))
         self.deepspeed = is_deepspeed(self.acc)
@@ -382,6 +389,9 @@ class Trainer:
                                       "latest, or choose a new --out (output.dir)")
         if self.acc.is_main_process:
             atomic_write_json(self.run_dir / "recipe.json", to_dict(self.recipe))
+        out = self.recipe.output
+        trackers.start(self.acc, out.log_with, out.tracker_project or self.run_dir.resolve().name,
+                       to_dict(self.recipe), self.run_dir, fresh=ckpt is None or not inside(ckpt, self.run_dir))
         self._started = True
 
     def run(self, resume: str | None = None, stop_after: int | None = None,
@@ -420,6 +430,7 @@ class Trainer:
                 self.scheduler.step()
             self.state.iteration = it + 1
             self._append_metrics(row)
+            trackers.log_row(self.acc, row, step=it)
             if on_iteration is not None:
                 on_iteration(row)
             every = self.recipe.output.checkpoint_every
@@ -735,5 +746,7 @@ class Trainer:
         if name == "final" and self._grid_at == self.state.iteration and same.is_file():  # these weights, drawn
             return copy_grid(same, path)
         self._grid_at = self.state.iteration
-        return write_grid(path, self._standard_samples,
+        grid = write_grid(path, self._standard_samples,
                           distinct_prompts(self.recipe.data.eval_prompts, self.recipe.data.num_eval_prompts))
+        trackers.log_image(self.acc, "samples", grid, step=self.state.iteration)
+        return grid

@@ -1,5 +1,6 @@
 """Two gloo ranks on the CPU through `accelerate launch`: gradients are all-reduced through the wrapped model."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -76,11 +77,16 @@ def test_two_ranks_stay_identical_and_match_one_process(tmp_path, tiny_shapes_di
 def test_accelerate_launch_cli(tmp_path, tiny_shapes_dir):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(RECIPE.format(model=tiny_shapes_dir, out=tmp_path / "run", reduction="batch"))
-    proc = launch(2, "-m", "maskfocus_cli", "train", str(recipe), "--set", "train.iterations=1", cwd=tmp_path)
+    tracker = ["--set", "output.log_with=tensorboard"] if importlib.util.find_spec("tensorboard") else []
+    proc = launch(2, "-m", "maskfocus_cli", "train", str(recipe), "--set", "train.iterations=1", *tracker,
+                  cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(l) for l in proc.stdout.splitlines() if l.startswith("{")]
     assert [r["iteration"] for r in rows] == [0]  # only the main process prints
     assert (tmp_path / "run" / "checkpoints" / "step-1" / "model.safetensors").is_file()
+    if tracker:  # rows and hyper-parameters, written by the main process alone (the file names end .PID.N)
+        files = list((tmp_path / "run" / "trackers").rglob("events.out.tfevents.*"))
+        assert len(files) >= 2 and len({f.name.split(".")[-2] for f in files}) == 1, files
 
 
 PRETRAIN = """
