@@ -115,6 +115,9 @@ class TrainConfig:
     lr: float = opt(1e-4, "AdamW learning rate", min=0)
     betas: tuple = opt((0.9, 0.999), "AdamW betas", length=2, min=0, max=0.999999)
     weight_decay: float = opt(0.0, "AdamW weight decay", min=0)
+    weight_decay_on: str = opt("all", "which trained weights decay: all, or matrices only (biases, norm scales "
+                               "and every other 1-D parameter free, as Mask-GRPO's training code does)",
+                               choices=("all", "matrices"))
     warmup: int = opt(0, "linear warm-up iterations", min=0)
     lr_schedule: str = opt("constant", "after warm-up", choices=("constant", "cosine"))
     grad_clip: float = opt(1.0, "max global grad norm (0 = off)", min=0)

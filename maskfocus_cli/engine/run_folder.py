@@ -96,7 +96,10 @@ def _sampled(recipe: dict) -> dict:
 
 def recipe_changes(saved: dict, now: dict) -> list[str]:
     """'key: saved → now' for every field that differs and would change what a resumed run computes."""
-    a, b = flatten(_scored(_sampled(saved))), flatten(_scored(_sampled(now)))
+    from maskfocus_cli.config import Recipe, to_dict
+    # a field added after the run was saved: the run computed with its default (sampler fields: ``_sampled``)
+    defaults = {k: v for k, v in flatten(to_dict(Recipe())).items() if not k.startswith(("sampler", "eval_sampler"))}
+    a, b = ({**defaults, **flatten(_scored(_sampled(r)))} for r in (saved, now))
     keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and not k.startswith(RESUME_FREE))
     return [f"{k}: {a.get(k)!r} → {b.get(k)!r}" for k in keys]
 

@@ -54,3 +54,14 @@ def lr_factor(it: int, warmup: int, total: int, schedule: str) -> float:
         span = max(1, total - warmup)
         return 0.5 * (1 + math.cos(math.pi * min(1.0, (it - warmup) / span)))
     return 1.0
+
+
+def param_groups(named, weight_decay: float, decay_on: str = "all") -> list[dict]:
+    """AdamW parameter groups. ``decay_on="matrices"``: parameters with fewer than 2 dimensions (biases, norm
+    scales) get no weight decay, the rule of Mask-GRPO's optimiser (and of timm / MAE's ``add_weight_decay``);
+    empty groups are left out."""
+    named = [(n, p) for n, p in named if p.requires_grad]
+    free = [p for _, p in named if decay_on == "matrices" and p.dim() < 2]
+    decayed = [p for _, p in named if not (decay_on == "matrices" and p.dim() < 2)]
+    return [g for g in ({"params": decayed, "weight_decay": weight_decay},
+                        {"params": free, "weight_decay": 0.0}) if g["params"]]

@@ -50,7 +50,7 @@ from maskfocus_cli.engine.run_folder import (checkpoint_dirs, find_resume, holds
 from maskfocus_cli.engine.sampling import (PromptEncoder, SamplerSettings, Trajectory, sample,
                                            mask_counts, step_info)
 from maskfocus_cli.engine.seeds import derive_seed
-from maskfocus_cli.engine.settings import lr_factor, sampler_settings
+from maskfocus_cli.engine.settings import lr_factor, param_groups, sampler_settings
 from maskfocus_cli.engine.weight_copies import (keep_fp32_weights, make_ema_net, make_rollout_net, sync_rollout_net,
                                                 update_average)
 from maskfocus_cli.io.checkpoint import CheckpointError, atomic_dir, atomic_write_json, read_json, save_weights
@@ -148,9 +148,8 @@ class Trainer:
         pretrain = self.cfg.algorithm == "pretrain"
         self.rollout_net = make_rollout_net(self.policy, "fp32" if pretrain else self.cfg.rollout_dtype, self.lora)
         self.ema_net = make_ema_net(self.policy, self.cfg.ema_decay, self.lora)
-        params = [p for p in self.policy.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=self.cfg.lr, betas=tuple(self.cfg.betas),
-                                           weight_decay=self.cfg.weight_decay)
+        groups = param_groups(self.policy.named_parameters(), self.cfg.weight_decay, self.cfg.weight_decay_on)
+        self.optimizer = torch.optim.AdamW(groups, lr=self.cfg.lr, betas=tuple(self.cfg.betas))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda it: lr_factor(it, self.cfg.warmup, self.cfg.iterations, self.cfg.lr_schedule))
         with quiet_stdout(self.deepspeed):

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner, Result
+from safetensors.torch import load_file
 
 from maskfocus_cli.cli import main
 
@@ -244,3 +245,8 @@ def test_the_shipped_showo_mask_grpo_recipe_runs_once_its_placeholders_are_fille
     assert info["algorithm"] == "mask-grpo" and info["last_metrics"]["steps"] == [0, 1, 2, 3]
     assert info["sampler"]["guidance_scale"] == 0.0 and info["eval_sampler"]["guidance_scale"] == 5.0
     assert info["eval_sampler"]["steps"] == 4 and info["recipe"]["train"]["kl_beta"] == 0.0
+    # the official optimiser: biases and norm scales free of weight decay, every matrix at 0.02
+    groups = torch.load(run / "checkpoints" / "step-1" / "training_state.pt")["optimizer"]["param_groups"]
+    sizes = {g["weight_decay"]: len(g["params"]) for g in groups}
+    weights = load_file(run / "checkpoints" / "step-1" / "model.safetensors")
+    assert sizes == {0.02: sum(w.dim() >= 2 for w in weights.values()), 0.0: sum(w.dim() < 2 for w in weights.values())}

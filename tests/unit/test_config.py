@@ -157,3 +157,13 @@ def test_a_bare_no_is_the_choice_no_not_false(tmp_path):
     assert r.train.mixed_precision == "no"
     with pytest.raises(ConfigError, match="expected a string, got False"):  # where "no" is not a choice
         load_recipe(write(tmp_path, "t.yaml", "sampler: {negative_prompt: no}\n"), [])
+
+
+def test_a_run_saved_before_a_field_existed_resumes_as_if_it_held_the_default():
+    from maskfocus_cli.config import Recipe, to_dict
+    from maskfocus_cli.engine.run_folder import recipe_changes
+    now = to_dict(Recipe())
+    saved = {**now, "train": {k: v for k, v in now["train"].items() if k != "weight_decay_on"}}
+    assert recipe_changes(saved, now) == []
+    exempt = {**now, "train": {**now["train"], "weight_decay_on": "matrices"}}
+    assert recipe_changes(saved, exempt) == ["train.weight_decay_on: 'all' → 'matrices'"]

@@ -370,3 +370,24 @@ def test_mask_grpo_default_clip_is_asymmetric_0_1_below_0_2_above(toy):
 
     # ratio 1.15 is inside [0.9, 1.2], 1.25 above it, 0.85 below it (a symmetric 0.2 would keep 0.85)
     assert clipped(1.15, 1.0) == 0 and clipped(1.25, 1.0) == 2 and clipped(0.85, -1.0) == 2
+
+
+def test_weight_decay_on_matrices_frees_every_1d_weight_as_mask_grpo_s_optimiser_does():
+    from maskfocus_cli.engine.settings import param_groups
+    net = torch.nn.ModuleDict({"proj": torch.nn.Linear(2, 2), "norm": torch.nn.LayerNorm(2),
+                               "embeddings": torch.nn.Embedding(3, 2), "frozen": torch.nn.Linear(2, 2)})
+    net["frozen"].requires_grad_(False)
+    groups = param_groups(net.named_parameters(), 0.02, "matrices")
+    by_id = {id(p): n for n, p in net.named_parameters()}
+    assert [(sorted(by_id[id(p)] for p in g["params"]), g["weight_decay"]) for g in groups] == [
+        (["embeddings.weight", "proj.weight"], 0.02), (["norm.bias", "norm.weight", "proj.bias"], 0.0)]
+    everything = param_groups(net.named_parameters(), 0.02, "all")
+    assert [(len(g["params"]), g["weight_decay"]) for g in everything] == [(5, 0.02)]  # the frozen layer is out
+    # AdamW with the groups: a free weight is unchanged by a zero-gradient step, a decayed one shrinks by lr·wd
+    opt = torch.optim.AdamW(groups, lr=0.5)
+    before = {n: p.detach().clone() for n, p in net.named_parameters()}
+    for p in net.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    assert torch.equal(net["proj"].bias, before["proj.bias"]) and torch.equal(net["norm"].weight, before["norm.weight"])
+    assert torch.allclose(net["proj"].weight, before["proj.weight"] * (1 - 0.5 * 0.02))
