@@ -250,3 +250,23 @@ def test_the_shipped_showo_mask_grpo_recipe_runs_once_its_placeholders_are_fille
     sizes = {g["weight_decay"]: len(g["params"]) for g in groups}
     weights = load_file(run / "checkpoints" / "step-1" / "model.safetensors")
     assert sizes == {0.02: sum(w.dim() >= 2 for w in weights.values()), 0.0: sum(w.dim() < 2 for w in weights.values())}
+
+
+def test_the_shipped_amused_recipe_runs_once_its_placeholders_are_filled(tiny_folders, prompt_file, tmp_path):
+    """recipes/amused-hps.yaml as a user runs it (sizes shrunk, a cheap reward for HPS): MaskFocus at aMUSEd's own
+    CFG 10, two critical steps."""
+    recipe_path = Path(__file__).parents[2] / "recipes" / "amused-hps.yaml"
+    res = CliRunner().invoke(main, ["train", str(recipe_path), "--out", str(tmp_path / "unfilled")])
+    said = " ".join(res.output.split())
+    assert res.exit_code == 2 and "placeholders to fill in: model.spec, data.prompts, data.eval_prompts, " \
+        "rewards.0.options.weights" in said, res.output
+    run = tmp_path / "run"
+    invoke(["train", recipe_path, "--set", f"model.spec=amused:{tiny_folders['amused']}",
+            "--set", f"data.prompts={prompt_file}", "--set", f"data.eval_prompts={prompt_file}",
+            "--set", "rewards=[{name: brightness}]", "--set", "train.iterations=1", "--set", "sampler.steps=5",
+            "--set", "model.device=cpu", "--set", "train.mixed_precision=no", "--out", run])
+    info = json.loads((run / "checkpoints" / "step-1" / "trainer.json").read_text())
+    assert info["algorithm"] == "maskfocus" and info["sampler"]["guidance_scale"] == 10.0
+    steps = info["last_metrics"]["steps"]
+    assert info["last_metrics"]["kept"] == 8 and len(steps) == 2 and set(steps) <= {0, 1, 2}  # candidates 0 … T−3
+    assert (run / "samples" / "final.png").is_file()
