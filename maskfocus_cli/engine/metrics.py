@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -18,3 +20,14 @@ def mean_std(x: torch.Tensor) -> dict:
     if x.numel() == 0:  # nothing valid: null in JSON (a bare NaN is not JSON, and strict parsers refuse it)
         return {"mean": None, "std": None}
     return {"mean": float(x.float().mean()), "std": float(x.float().std(unbiased=False))}
+
+
+def json_safe(value):
+    """Non-finite floats → None, through dicts and lists: a NaN loss must not make a metrics row invalid JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [json_safe(v) for v in value]
+    return value

@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 import random
 import shutil
 import time
@@ -38,7 +39,7 @@ from maskfocus_cli.engine import trackers
 from maskfocus_cli.engine.estimators import Unit, UpdateContext, make_estimator
 from maskfocus_cli.engine.grpo import group_advantages
 from maskfocus_cli.engine.lora import AdapterDisabled, add_lora
-from maskfocus_cli.engine.metrics import mean_std, reward_by_tag
+from maskfocus_cli.engine.metrics import json_safe, mean_std, reward_by_tag
 from maskfocus_cli.engine.monitor import SEEDS_PER_PROMPT, copy_grid, standard_samples, validation_reward, write_grid
 from maskfocus_cli.engine.ranks import gather_in_order
 from maskfocus_cli.engine.recipe_checks import (check_distributed_type, check_eval_prompts,
@@ -316,6 +317,7 @@ class Trainer:
         self.acc.wait_for_everyone()
 
     def _append_metrics(self, row: dict) -> None:
+        row.update(json_safe(row))  # a NaN / inf number is null: strict JSON readers (jq) refuse the bare word
         self.state.history.append(row)
         if self.acc.is_main_process:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -487,24 +489,36 @@ class Trainer:
             self._background = background_code(self.adapter)
         loss, stats = masked_ce_loss(self.adapter, self.net, prompts, tokens, gen, self._background)
         self.acc.backward(loss)
-        grad_norm = self._clip()
-        self.optimizer.step()
-        self._after_optimizer_step(it)
+        grad_norm, skipped = self._step(it)
         loss_value = float(loss.detach())
         if world > 1:  # the whole batch's numbers, as one process would log them (ranks hold equal shares)
             keys = list(stats)  # one all-reduce for all of them, not one per number
             vals = torch.tensor([loss_value] + [float(stats[k]) for k in keys], dtype=torch.float64)
             vals = self.acc.reduce(vals.to(self.acc.device), "mean").cpu().tolist()
             loss_value, stats = vals[0], dict(zip(keys, vals[1:]))
-        return {"loss": loss_value, **stats, "grad_norm": grad_norm, "time": {"total": time.perf_counter() - t0}}
+        return {"loss": loss_value, **stats, "grad_norm": grad_norm, "skipped_steps": int(skipped),
+                "time": {"total": time.perf_counter() - t0}}
 
-    def _clip(self) -> float:
+    def _clip(self) -> float | None:
+        """The global gradient norm (clipped to train.grad_clip when > 0); None where DeepSpeed computed none."""
         if self.deepspeed:  # DeepSpeed clipped inside its step (gradient_clipping = train.grad_clip): its norm
-            norm = self.net.get_global_grad_norm()
-            return float(norm) if norm is not None else float("nan")
-        if self.cfg.grad_clip > 0:
-            return float(self.acc.clip_grad_norm_(self.net.parameters(), self.cfg.grad_clip))
-        return 0.0
+            norm = self.net.get_global_grad_norm()  # inf where it skipped a non-finite gradient
+            return float(norm) if norm is not None else None
+        return float(self.acc.clip_grad_norm_(self.net.parameters(), self.cfg.grad_clip or math.inf))
+
+    def _step(self, it: int) -> tuple[float | None, bool]:
+        """Clip and take the optimiser step, unless the gradient is not finite: then skip it, so one bad batch
+        (a NaN loss, an overflow) cannot turn every weight into NaN — DeepSpeed skips such steps itself.
+        Returns (gradient norm or None when not finite or not known, whether the step was skipped)."""
+        norm = self._clip()
+        if norm is not None and not math.isfinite(norm):
+            self.optimizer.zero_grad(set_to_none=True)  # every rank holds the same reduced norm: all skip
+            self.log(f"iteration {it}: the gradient is not finite (norm {norm}): optimiser step skipped (if it "
+                     "keeps happening, lower train.lr or check the loss's inputs)")
+            return None, True
+        self.optimizer.step()
+        self._after_optimizer_step(it)
+        return norm, False
 
     # ------------------------------------------------------------------ RL
     def _iteration_prompts(self, it: int) -> list[tuple[str, dict | None]]:
@@ -568,15 +582,15 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 e_stats = self._accumulate(sub, idx, steps, cond, uncond, adv_local, it, mine_t, old,
                                            n_keep_global, epoch)
-                grad_norm = self._clip()
-                self.optimizer.step()
-                self._after_optimizer_step(it)
+                grad_norm, skipped = self._step(it)
+                stats["skipped_steps"] = stats.get("skipped_steps", 0) + int(skipped)
                 if epoch == 0:  # loss and KL of the on-policy pass; clipping counts every pass (it bites
                     stats.update(e_stats)  # only from the second on, where the ratio has moved)
                 else:
                     stats["clipped"] += e_stats["clipped"]
                     stats["elements"] += e_stats["elements"]
                 stats["grad_norm"] = grad_norm
+        skipped_steps = stats.pop("skipped_steps", 0)
         stats = self._reduce_stats(stats)
         times["loss"] = time.perf_counter() - t2
         times["total"] = time.perf_counter() - t0
@@ -590,6 +604,7 @@ class Trainer:
                            for k, c in ((k, full[:, 2 + j]) for j, k in enumerate(comp_names))},
             "reward_by_tag": reward_by_tag(rewards, valid, [chosen[i // G][1] for i in range(total)]),
             "loss": stats["loss"], "kl": stats["kl"], "grad_norm": stats.get("grad_norm"),
+            "skipped_steps": skipped_steps,
             "clip_fraction": stats["clipped"] / stats["elements"] if stats["elements"] else 0.0,
             "zero_std_ratio": adv.zero_std_groups / adv.groups,
             "kept": n_keep_global, "invalid_rewards": n_invalid,

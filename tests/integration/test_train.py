@@ -206,6 +206,34 @@ def test_a_log_only_component_with_nan_and_an_all_invalid_batch_log_strict_json(
         json.loads(line, parse_constant=no_bare_nan)
 
 
+def test_a_non_finite_gradient_skips_the_optimiser_step_and_the_run_goes_on(tmp_path, tiny_shapes_dir):
+    """A NaN loss at iteration 1 (an overflow, a bad input): that step is skipped with a warning and counted, the
+    weights, their average and the rollout copy stay as they were, the row stays strict JSON, iteration 2 trains."""
+    trainer = Trainer(load_recipe(recipe_file(tmp_path, tiny_shapes_dir, out="nan-grad"), ["train.ema_decay=0.5"]))
+    said = []
+    trainer.log = said.append
+    estimate = trainer.estimator.unit_loss
+
+    def poisoned(*args, **kwargs):
+        res = estimate(*args, **kwargs)
+        if trainer.state.iteration == 1:
+            res.loss_sum = res.loss_sum * float("nan")
+        return res
+    trainer.estimator.unit_loss = poisoned
+    rows = trainer.run()
+    assert [r["skipped_steps"] for r in rows] == [0, 1, 0]
+    assert rows[1]["grad_norm"] is None and rows[1]["loss"] is None
+    assert all(isinstance(r["grad_norm"], float) for r in (rows[0], rows[2]))
+    assert any("iteration 1: the gradient is not finite" in m and "skipped" in m for m in said)
+    ckpt = tmp_path / "nan-grad" / "checkpoints"
+    for name in ("model.safetensors", "policy.safetensors"):
+        w1, w2, w3 = (read_weights(ckpt / f"step-{i}" / name) for i in (1, 2, 3))
+        assert all(torch.equal(w1[k], w2[k]) for k in w1), name  # the skipped step changed nothing
+        assert all(torch.isfinite(v).all() for v in w3.values()) and any(not torch.equal(w2[k], w3[k]) for k in w2)
+    for line in (tmp_path / "nan-grad" / "metrics.jsonl").read_text().splitlines():
+        json.loads(line, parse_constant=lambda name: pytest.fail(f"bare {name} in metrics.jsonl"))
+
+
 def test_train_cli_end_to_end(tmp_path, tiny_shapes_dir):
     p = recipe_file(tmp_path, tiny_shapes_dir, out="cli")
     res = CliRunner().invoke(main, ["train", str(p), "--set", "train.iterations=2"])
