@@ -111,6 +111,10 @@ class TrainConfig:
     prompts_per_iter: int = opt(8, "prompts per iteration (global, across ranks)", min=1)
     group_size: int = opt(4, "G, images per prompt; advantages are normalised within a group", min=1)
     micro_batch: int = opt(16, "images per forward/backward in the loss (memory knob)", min=1)
+    advantage_std: str = opt("population", "the std in A = (r − mean) / (std + 1e-4) over a group: population "
+                             "(÷ G) or unbiased (÷ G − 1, torch.std's default, as both papers' training code; at "
+                             "G = 2 its advantages are 1/√2 as large, so the KL weighs more)",
+                             choices=("population", "unbiased"))
     inner_epochs: int = opt(1, "optimiser passes over one rollout batch (>1 makes clipping bite)", min=1)
     lr: float = opt(1e-4, "AdamW learning rate", min=0)
     betas: tuple = opt((0.9, 0.999), "AdamW betas", length=2, min=0, max=0.999999)

@@ -34,12 +34,14 @@ class Advantages:
 
 
 def group_advantages(rewards: torch.Tensor, valid: torch.Tensor, group_size: int,
-                     eps: float = 1e-4) -> Advantages:
+                     eps: float = 1e-4, unbiased: bool = False) -> Advantages:
     """A_i = (r_i − mean_g) / (std_g + eps) within each group of ``group_size`` consecutive samples.
 
-    Invalid rewards (NaN/inf) are left out of their group's statistics and dropped;
-    groups whose valid rewards are all equal (or with fewer than 2) carry no signal
-    and are dropped whole.
+    std_g divides by the group's n valid rewards, or by n − 1 with ``unbiased`` (``torch.std``'s default, which
+    both papers' training code uses: at G = 2 its advantages are 1/√2 of the population std's, so the KL term
+    weighs √2 more against them). Invalid rewards (NaN/inf) are left out of their group's statistics and
+    dropped; groups whose valid rewards are all equal (or with fewer than 2) carry no signal and are dropped
+    whole.
     """
     if group_size < 2:
         raise ValueError("group_size must be at least 2: GRPO compares images of the same prompt "
@@ -50,7 +52,7 @@ def group_advantages(rewards: torch.Tensor, valid: torch.Tensor, group_size: int
     v = valid.view(-1, group_size)
     n = v.sum(1, keepdim=True).clamp_min(1)
     mean = (r * v).sum(1, keepdim=True) / n
-    var = (((r - mean) ** 2) * v).sum(1, keepdim=True) / n
+    var = (((r - mean) ** 2) * v).sum(1, keepdim=True) / ((n - 1).clamp_min(1) if unbiased else n)
     std = var.sqrt()
     signal = (v.sum(1, keepdim=True) >= 2) & (std > 1e-12)
     adv = torch.where(v & signal, (r - mean) / (std + eps), torch.zeros_like(r))

@@ -560,7 +560,7 @@ class Trainer:
                             + [out.components[k].float().cpu() for k in sorted(out.components)])
         full = gather_in_order(local.T.contiguous(), total, world, self._gather)  # (total, 2 + C), image order
         rewards, valid = full[:, 0], full[:, 1] > 0.5
-        adv = group_advantages(rewards, valid, G)
+        adv = group_advantages(rewards, valid, G, unbiased=cfg.advantage_std == "unbiased")
         times["reward"] = time.perf_counter() - t1
 
         # 3. loss over the chosen steps, accumulated; one optimiser step per inner epoch

@@ -23,6 +23,20 @@ def test_group_advantages_by_hand():
     assert adv.zero_std_groups == 1 and adv.groups == 3
 
 
+def test_unbiased_advantages_divide_by_n_minus_one_as_torch_std():
+    r = torch.tensor([1.0, 3.0, 0.0, 1.0, 2.0, float("nan")])
+    valid = torch.isfinite(r)
+    adv = group_advantages(r, valid, 3, unbiased=True)
+    # group 0 {1, 3, 0}: mean 4/3, Σ(r − mean)² = 1/9 + 25/9 + 16/9 = 42/9, ÷ 2 -> std √(7/3);
+    # group 1 {1, 2} (the NaN left out): mean 1.5, Σ = 0.5, ÷ 1 -> std √0.5
+    s0, s1, e = (7 / 3) ** 0.5, 0.5 ** 0.5, 1e-4
+    want = [(-1 / 3) / (s0 + e), (5 / 3) / (s0 + e), (-4 / 3) / (s0 + e), -0.5 / (s1 + e), 0.5 / (s1 + e), 0.0]
+    torch.testing.assert_close(adv.values, torch.tensor(want))
+    g0 = torch.tensor([1.0, 3.0, 0.0])
+    torch.testing.assert_close(adv.values[:3], (g0 - g0.mean()) / (g0.std() + e))  # what the papers' code computes
+    assert adv.keep.tolist() == [True] * 5 + [False]
+
+
 def test_invalid_rewards_leave_the_group_statistics():
     r = torch.tensor([1.0, float("nan"), 3.0, 0.0, 0.0, 7.0])
     valid = torch.isfinite(r)
