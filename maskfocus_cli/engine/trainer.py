@@ -513,8 +513,9 @@ class Trainer:
         norm = self._clip()
         if norm is not None and not math.isfinite(norm):
             self.optimizer.zero_grad(set_to_none=True)  # every rank holds the same reduced norm: all skip
-            self.log(f"iteration {it}: the gradient is not finite (norm {norm}): optimiser step skipped (if it "
-                     "keeps happening, lower train.lr or check the loss's inputs)")
+            if self.acc.is_main_process:
+                self.log(f"iteration {it}: the gradient is not finite (norm {norm}): optimiser step skipped (if "
+                         "it keeps happening, lower train.lr or check the loss's inputs)")
             return None, True
         self.optimizer.step()
         self._after_optimizer_step(it)
