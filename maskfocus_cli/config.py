@@ -209,7 +209,9 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
         raise ConfigError(errors[0] if errors else f"{where}: bad value {value!r}")
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
+            if value is None:
+                raise ConfigError(f"{where}: the section is empty (give its keys below it, or remove the line)")
+            raise ConfigError(f"{where}: expected a mapping of keys, got {value!r}")
         return build(tp, value, where)
     if tp is tuple or origin is tuple:
         if not isinstance(value, (list, tuple)):
@@ -351,6 +353,9 @@ def read_yaml(path: Path, _seen: tuple = ()) -> dict:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a recipe must be a YAML mapping")
     base = data.pop("base", None)
+    if base is not None and not isinstance(base, str):
+        raise ConfigError(f"{path}: base: expected the file name of another recipe (e.g. base: geneval.yaml), got "
+                          f"{base!r}")
     if base is not None:
         parent = read_yaml((path.parent / base), _seen + (path.resolve(),))
         data = _merge(parent, data)
@@ -366,6 +371,8 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.lr=1e-5")
         key, raw = item.split("=", 1)
+        if not key.strip() or "" in key.strip().split("."):
+            raise ConfigError(f"--set {item!r}: the key is empty or has an empty part; e.g. --set train.lr=1e-5")
         try:
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
@@ -396,10 +403,13 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple = ()) -> Recipe:
     data = apply_overrides(read_yaml(Path(path)), list(overrides))
     try:
         return build(Recipe, data)
-    except ConfigError as e:
-        raise ConfigError(f"{path}: {e}") from None
     except (TypeError, ValueError) as e:
-        raise ConfigError(f"{path}: {e}") from None
+        keys = [o.split("=", 1)[0].strip() for o in overrides]
+        # a --set key with a typo (or a bad value) is the command line's fault, not the file's
+        if any(str(e).startswith(f"{k}:") for k in keys):
+            raise ConfigError(f"--set {e}") from None
+        given = [k for k in keys if f"'{k}'" in str(e)]
+        raise ConfigError(f"--set {given[-1]}: {e}" if given else f"{path}: {e}") from None
 
 
 def to_dict(obj: Any) -> Any:

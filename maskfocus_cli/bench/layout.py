@@ -90,7 +90,8 @@ def scan_geneval(images_dir: str | Path) -> list[GenEvalPrompt]:
             # Official writer uses json.dump (one object, maybe no newline); a JSONL line is the same thing.
             metadata = json.loads(text.splitlines()[0] if text else "")
         except (json.JSONDecodeError, IndexError) as e:
-            raise ValueError(f"{meta_path}: invalid GenEval metadata ({e})") from None
+            raise ValueError(f"{meta_path}: invalid GenEval metadata ({e}): it must hold one JSON object (tag, "
+                             "include, prompt), as `maskfocus sample --layout geneval` writes it") from None
         if isinstance(metadata, dict) and set(metadata) == {"prompt"}:
             raise ValueError(f"{meta_path}: holds only a prompt, not GenEval metadata (tag, include): write the "
                              f"images with `maskfocus sample --prompts FILE.jsonl --layout geneval` from GenEval "

@@ -312,7 +312,8 @@ def _stack_by_size(paths: Sequence[Path]) -> Iterator[tuple[list[int], torch.Ten
         try:
             img = load_image(p)
         except OSError as e:
-            raise ValueError(f"cannot read image {p}: {e}") from None
+            raise ValueError(f"cannot read image {p}: {e} (damaged? re-generate it, or remove its sample folder)") \
+                from None
         groups.setdefault(tuple(img.shape), []).append((i, img))
     for members in groups.values():
         yield [i for i, _ in members], torch.stack([im for _, im in members])

@@ -23,6 +23,12 @@ class App(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
+        except click.exceptions.NoArgsIsHelpError:
+            raise  # a bare subcommand: its help is the answer
+        except click.UsageError as e:  # a mistyped option or command: one line too, not usage + hint + error
+            where = e.ctx.command_path if e.ctx is not None else ctx.command_path
+            click.echo(f"error: {' '.join(e.format_message().split())} (see '{where} --help')", err=True)
+            ctx.exit(2)
         except USER_ERRORS as e:
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             click.echo(f"error: {msg}", err=True)

@@ -268,9 +268,10 @@ def training_settings_note(checkpoint: str | None, settings: SamplerSettings,
         return None
     info_path = Path(checkpoint) / "trainer.json"
     try:
-        ev = json.loads(info_path.read_text()).get("eval_sampler")
-    except (OSError, ValueError):
+        info = json.loads(info_path.read_text())
+    except (OSError, ValueError):  # the weights are what this command needs: a damaged record only loses the note
         return None
+    ev = info.get("eval_sampler") if isinstance(info, dict) else None
     if not isinstance(ev, dict):
         return None
     from maskfocus_cli.engine.settings import differing_options

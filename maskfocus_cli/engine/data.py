@@ -49,7 +49,8 @@ def load_prompt_source(source: str) -> list[tuple[str, dict | None]]:
         else:
             rows.append((line, None))
     if not rows:
-        raise ValueError(f"{source} holds no prompts")
+        raise ValueError(f"{source} holds no prompts: write one prompt per line (or GenEval metadata rows in a "
+                         ".jsonl)")
     return rows
 
 

@@ -54,7 +54,8 @@ from maskfocus_cli.engine.seeds import derive_seed
 from maskfocus_cli.engine.settings import lr_factor, param_groups, sampler_settings
 from maskfocus_cli.engine.weight_copies import (keep_fp32_weights, make_ema_net, make_rollout_net, sync_rollout_net,
                                                 update_average)
-from maskfocus_cli.io.checkpoint import CheckpointError, atomic_dir, atomic_write_json, read_json, save_weights
+from maskfocus_cli.io.checkpoint import (CheckpointError, atomic_dir, atomic_write_json, read_trainer_info,
+                                         save_weights)
 from maskfocus_cli.models.base import MaskedT2IAdapter, index_cond
 from maskfocus_cli.rewards.composite import reward_from_recipe
 from maskfocus_cli.models.loading import absolute_spec
@@ -272,7 +273,7 @@ class Trainer:
 
     def load_checkpoint(self, path: Path) -> None:
         from maskfocus_cli.io.checkpoint import load_weights
-        info = read_json(path / "trainer.json")
+        info = read_trainer_info(path)
         self.adapter.check_checkpoint(path)
         saved_by_deepspeed = (path / DEEPSPEED_DIR).is_dir()
         if saved_by_deepspeed != self.deepspeed:
@@ -338,7 +339,7 @@ class Trainer:
             raise CheckpointError(f"--resume latest: no checkpoint in {self.run_dir / 'checkpoints'} (check --out / "
                                   "output.dir, or drop --resume to start a new run there)")
         if ckpt is not None:
-            info = read_json(ckpt / "trainer.json")
+            info = read_trainer_info(ckpt)
             saved = info.get("recipe")
             changes = recipe_changes(saved, to_dict(self.recipe)) if isinstance(saved, dict) else []
             sampled = info.get("sampler")

@@ -55,13 +55,56 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
 
 
 def read_json(path: str | Path, error: type[Exception] = CheckpointError) -> dict:
-    """A JSON file, or ``error`` (a one-line user error) naming the file and what is wrong with it."""
+    """A JSON object file, or ``error`` (a one-line user error) naming the file and what is wrong with it."""
     try:
-        return json.loads(Path(path).read_text())
+        data = json.loads(Path(path).read_text())
     except FileNotFoundError:
         raise error(f"missing file {path}") from None
+    except UnicodeDecodeError:
+        raise error(f"{path} is not a text file (damaged?)") from None
     except json.JSONDecodeError as e:
         raise error(f"{path} is not valid JSON ({e.msg} at line {e.lineno})") from None
+    if not isinstance(data, dict):
+        raise error(f"{path} holds a JSON {type(data).__name__ if data is not None else 'null'}, not an object "
+                    "(damaged?)")
+    return data
+
+
+#: trainer.json fields → (accepted types, required): what readers of a checkpoint may rely on
+TRAINER_FIELDS = {"iteration": (int, True), "algorithm": (str, False), "model": (str, False),
+                  "elapsed_seconds": ((int, float), False), "recipe": (dict, False), "sampler": (dict, False),
+                  "eval_sampler": (dict, False), "last_metrics": (dict, False)}
+
+
+def read_trainer_info(ckpt: str | Path) -> dict:
+    """A checkpoint's trainer.json, checked field by field, so a damaged one is a one-line error naming the
+    field instead of a crash (or, worse, a resume from a nonsense iteration)."""
+    path = Path(ckpt) / "trainer.json"
+    info = read_json(path)
+    for key, (types, required) in TRAINER_FIELDS.items():
+        if key not in info:
+            if required:
+                raise CheckpointError(f"{path} has no {key!r} (damaged?): use another checkpoint")
+            continue
+        value = info[key]
+        if not isinstance(value, types) or isinstance(value, bool):
+            raise CheckpointError(f"{path}: {key!r} is {value!r}, not a {_type_names(types)} (damaged?): use "
+                                  "another checkpoint")
+    for section, value in (info.get("recipe") or {}).items():  # the recipe's sections: mappings (rewards: a list)
+        if not isinstance(value, list if section == "rewards" else (dict, type(None))):
+            raise CheckpointError(f"{path}: the recorded recipe's {section!r} is {value!r} (damaged?): use another "
+                                  "checkpoint")
+    if info["iteration"] < 0:
+        raise CheckpointError(f"{path}: 'iteration' is {info['iteration']}, below 0 (damaged?): use another "
+                              "checkpoint")
+    if info.get("algorithm", "maskfocus") not in ("maskfocus", "mask-grpo", "pretrain"):
+        raise CheckpointError(f"{path}: unknown algorithm {info['algorithm']!r} (damaged?): use another checkpoint")
+    return info
+
+
+def _type_names(types) -> str:
+    names = {int: "whole number", float: "number", str: "string", dict: "JSON object"}
+    return " or ".join(names[t] for t in (types if isinstance(types, tuple) else (types,)))
 
 
 def save_weights(state: dict[str, torch.Tensor], path: str | Path, metadata: dict | None = None) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from maskfocus_cli.config import flatten
-from maskfocus_cli.io.checkpoint import CheckpointError, atomic_write_bytes, read_json
+from maskfocus_cli.io.checkpoint import CheckpointError, atomic_write_bytes, read_trainer_info
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -26,7 +26,7 @@ def export_checkpoint(checkpoint: str | Path, to: str | Path, dtype: str = "fp32
                               "like runs/NAME/checkpoints/step-N")
     if dtype not in DTYPES:
         raise ValueError(f"--dtype {dtype}: use fp32, bf16 or fp16")
-    info = read_json(ckpt / "trainer.json")
+    info = read_trainer_info(ckpt)
     spec = info.get("model", "shapes")
     family, _ = parse_spec(spec)
     if model is not None:

@@ -55,8 +55,18 @@ class ShapesModelConfig:
         if unknown:
             raise ValueError(f"shapes model config has unknown keys {sorted(unknown)}")
         d = dict(d)
-        d["vocabulary"] = tuple(d.get("vocabulary", ()))
-        d["grid"] = tuple(d.get("grid", (8, 8)))
+        for key in ("text_len", "num_codes", "d_model", "n_layers", "n_heads", "d_ff"):
+            if key in d and (not isinstance(d[key], int) or isinstance(d[key], bool) or d[key] < 1):
+                raise ValueError(f"{key} is {d[key]!r}, not a positive whole number")
+        if "text_attends_image" in d and not isinstance(d["text_attends_image"], bool):
+            raise ValueError(f"text_attends_image is {d['text_attends_image']!r}, not true/false")
+        vocabulary, grid = d.get("vocabulary", ()), d.get("grid", (8, 8))
+        if not isinstance(vocabulary, (list, tuple)) or not all(isinstance(w, str) for w in vocabulary):
+            raise ValueError("vocabulary is not a list of words")
+        if not isinstance(grid, (list, tuple)) or len(grid) != 2 or \
+                not all(isinstance(g, int) and not isinstance(g, bool) and g > 0 for g in grid):
+            raise ValueError(f"grid is {grid!r}, not two positive whole numbers")
+        d["vocabulary"], d["grid"] = tuple(vocabulary), tuple(grid)
         return cls(**d)
 
 

@@ -131,8 +131,15 @@ class CompositeReward:
         nonfinite: dict[str, int] = {}
         with torch.no_grad():
             for key, spec, fn in zip(self.keys, self.specs, self.rewards):
-                raw = fn(images, prompts, metadata)
-                scores = torch.as_tensor(raw).detach().to(device=device, dtype=torch.float32)
+                try:
+                    raw = fn(images, prompts, metadata)
+                    scores = torch.as_tensor(raw).detach().to(device=device, dtype=torch.float32)
+                except (ValueError, OSError):  # already a message for the user
+                    raise
+                except Exception as e:  # a user's reward (a dotted path) with a bug: name it, in one line
+                    first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+                    raise ValueError(f"reward {key!r} failed with {type(e).__name__}: {first} (fix the reward "
+                                     "function or its options)") from e
                 if scores.shape != (b,):
                     raise ValueError(f"reward {key!r} returned shape {tuple(scores.shape)}, expected ({b},)")
                 finite = torch.isfinite(scores)
