@@ -142,9 +142,11 @@ class TrainConfig:
     seed: int = opt(0, "global seed (prompts, rollouts, step selection)")
     mixed_precision: str = opt("no", "accelerate mixed precision", choices=("no", "bf16", "fp16"))
     lora_rank: int = opt(0, "LoRA rank via peft (0 = full fine-tuning)", min=0)
-    rollout_dtype: str = opt("fp32", "weights dtype of the rollout copy of the policy (bf16: ~1.8x faster "
-                             "sampling on CPUs with AVX-512 bf16; the loss still runs on the fp32 master "
-                             "weights, re-cast after every optimiser step)", choices=("fp32", "bf16"))
+    rollout_dtype: str = opt("fp32", "weights dtype of the rollout copy of the policy (bf16: ~1.2-1.8x faster "
+                             "sampling where bf16 is native — GPUs since Ampere, CPUs with AVX-512 BF16 / AMX — "
+                             "and ~5x slower where it is emulated, e.g. AVX2-only CPUs; auto: bf16 where native and "
+                             "fine-tuning is full, else fp32; the loss still runs on the fp32 master weights, "
+                             "re-cast after every optimiser step)", choices=("fp32", "bf16", "auto"))
     ema_decay: float = opt(0.0, "exponential moving average of the weights (0 = off): checkpoints' model "
                            "weights (what evaluate / sample --checkpoint / export read) are the average, the "
                            "raw policy goes to policy.safetensors for --resume; rollouts use the raw policy. "

@@ -52,8 +52,8 @@ from maskfocus_cli.engine.sampling import (PromptEncoder, SamplerSettings, Traje
                                            mask_counts, step_info)
 from maskfocus_cli.engine.seeds import derive_seed
 from maskfocus_cli.engine.settings import lr_factor, param_groups, sampler_settings
-from maskfocus_cli.engine.weight_copies import (keep_fp32_weights, make_ema_net, make_rollout_net, sync_rollout_net,
-                                                update_average)
+from maskfocus_cli.engine.weight_copies import (keep_fp32_weights, make_ema_net, make_rollout_net,
+                                                resolve_rollout_dtype, sync_rollout_net, update_average)
 from maskfocus_cli.io.checkpoint import (CheckpointError, atomic_dir, atomic_write_json, read_trainer_info,
                                          save_weights)
 from maskfocus_cli.models.base import MaskedT2IAdapter, index_cond
@@ -148,7 +148,13 @@ class Trainer:
             self.reference = AdapterDisabled(self.policy) if self.lora else \
                 copy.deepcopy(self.policy).requires_grad_(False).eval()
         pretrain = self.cfg.algorithm == "pretrain"
-        self.rollout_net = make_rollout_net(self.policy, "fp32" if pretrain else self.cfg.rollout_dtype, self.lora)
+        rollout_dtype = "fp32" if pretrain else resolve_rollout_dtype(self.cfg.rollout_dtype, self.adapter.device,
+                                                                      self.lora)
+        if self.cfg.rollout_dtype == "auto" and not pretrain and self.acc.is_main_process:
+            self.log(f"train.rollout_dtype auto: rollouts sample with {rollout_dtype} weights on this "
+                     f"{self.adapter.device.type}" + ("" if rollout_dtype == "bf16" else
+                                                     " (bf16 is not native here, or LoRA is on)"))
+        self.rollout_net = make_rollout_net(self.policy, rollout_dtype, self.lora)
         self.ema_net = make_ema_net(self.policy, self.cfg.ema_decay, self.lora)
         groups = param_groups(self.policy.named_parameters(), self.cfg.weight_decay, self.cfg.weight_decay_on)
         self.optimizer = torch.optim.AdamW(groups, lr=self.cfg.lr, betas=tuple(self.cfg.betas))

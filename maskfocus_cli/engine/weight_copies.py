@@ -27,6 +27,36 @@ def keep_fp32_weights(transformer: nn.Module, log: Callable[[str], None]) -> Non
             "small updates); use train.mixed_precision / train.rollout_dtype for speed, or LoRA for memory")
 
 
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (Linux /proc/cpuinfo; empty elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether bf16 matrix products run in hardware here: on CPUs without AVX-512 BF16 / AMX they are emulated,
+    and a bf16 rollout copy samples ~5x slower than fp32 (measured on an AVX2 EPYC) instead of ~1.2x faster."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+    return False
+
+
+def resolve_rollout_dtype(choice: str, device: torch.device, lora: bool) -> str:
+    """``train.rollout_dtype`` → fp32 | bf16: ``auto`` is bf16 where it is native and the copy can exist (full
+    fine-tuning), else fp32."""
+    if choice != "auto":
+        return choice
+    return "bf16" if not lora and native_bf16(device) else "fp32"
+
+
 def make_rollout_net(policy: nn.Module, rollout_dtype: str, lora: bool) -> nn.Module:
     """The module rollouts sample with: the policy itself, or a low-precision copy of it.
 

@@ -206,6 +206,19 @@ def test_a_log_only_component_with_nan_and_an_all_invalid_batch_log_strict_json(
         json.loads(line, parse_constant=no_bare_nan)
 
 
+@pytest.mark.parametrize("flags, dtype", [({"avx2"}, torch.float32), ({"avx2", "avx512_bf16"}, torch.bfloat16)])
+def test_rollout_dtype_auto_follows_the_cpu_and_says_so(tmp_path, tiny_shapes_dir, monkeypatch, flags, dtype):
+    from maskfocus_cli.engine import weight_copies
+    monkeypatch.setattr(weight_copies, "cpu_flags", lambda: flags)
+    said = []
+    trainer = Trainer(load_recipe(recipe_file(tmp_path, tiny_shapes_dir), ["train.rollout_dtype=auto",
+                                                                         "model.device=cpu"]), log=said.append)
+    assert next(trainer.rollout_net.parameters()).dtype == dtype
+    assert (trainer.rollout_net is trainer.policy) == (dtype == torch.float32)
+    assert any(f"rollouts sample with {str(dtype)[6:].replace('float32', 'fp32').replace('bfloat16', 'bf16')}"
+               in m for m in said), said
+
+
 def test_a_non_finite_gradient_skips_the_optimiser_step_and_the_run_goes_on(tmp_path, tiny_shapes_dir):
     """A NaN loss at iteration 1 (an overflow, a bad input): that step is skipped with a warning and counted, the
     weights, their average and the rollout copy stay as they were, the row stays strict JSON, iteration 2 trains."""

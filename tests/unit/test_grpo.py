@@ -405,3 +405,19 @@ def test_weight_decay_on_matrices_frees_every_1d_weight_as_mask_grpo_s_optimiser
     opt.step()
     assert torch.equal(net["proj"].bias, before["proj.bias"]) and torch.equal(net["norm"].weight, before["norm.weight"])
     assert torch.allclose(net["proj"].weight, before["proj.weight"] * (1 - 0.5 * 0.02))
+
+
+def test_rollout_dtype_auto_is_bf16_only_where_it_is_native_and_the_copy_can_exist(monkeypatch):
+    """Emulated bf16 (an AVX2-only CPU) sampled 5x slower than fp32: auto must not pick it there."""
+    from maskfocus_cli.engine import weight_copies as wc
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(wc, "cpu_flags", lambda: {"avx2", "avx512f", "avx512_bf16"})
+    assert wc.resolve_rollout_dtype("auto", cpu, lora=False) == "bf16"
+    assert wc.resolve_rollout_dtype("auto", cpu, lora=True) == "fp32"  # LoRA has no copy to cast
+    monkeypatch.setattr(wc, "cpu_flags", lambda: {"avx2", "amx_bf16"})
+    assert wc.resolve_rollout_dtype("auto", cpu, lora=False) == "bf16"
+    monkeypatch.setattr(wc, "cpu_flags", lambda: {"avx2", "avx512f"})
+    assert wc.resolve_rollout_dtype("auto", cpu, lora=False) == "fp32"
+    assert wc.resolve_rollout_dtype("bf16", cpu, lora=False) == "bf16"  # an explicit choice stands
+    assert wc.resolve_rollout_dtype("fp32", cpu, lora=False) == "fp32"
+    assert isinstance(wc.cpu_flags(), set)
