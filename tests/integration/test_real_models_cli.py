@@ -225,23 +225,31 @@ def test_a_real_model_is_sampled_with_its_family_s_own_settings_unless_given(tin
     assert (row["steps"], row["cfg"], row["gumbel"]) == (12, 10.0, 2.0)  # every default: the pipeline's
 
 
+def train_shipped_recipe(name: str, reward_path_key: str, spec: str, prompts: Path, tmp_path: Path,
+                         shrink: list[str]) -> dict:
+    """A shipped real-model recipe as a user runs it: refused with every placeholder named, then filled in (a
+    cheap reward for the real one, sizes shrunk) and trained one iteration into tmp_path/run; its trainer.json."""
+    recipe_path = Path(__file__).parents[2] / "recipes" / name
+    res = CliRunner().invoke(main, ["train", str(recipe_path), "--out", str(tmp_path / "unfilled")])
+    said = " ".join(res.output.split())
+    assert res.exit_code == 2 and "placeholders to fill in: model.spec, data.prompts, data.eval_prompts, " \
+        f"{reward_path_key}" in said, res.output
+    sets = [f"model.spec={spec}", f"data.prompts={prompts}", f"data.eval_prompts={prompts}",
+            "rewards=[{name: brightness}]", "train.iterations=1", "model.device=cpu",
+            "train.mixed_precision=no",  # accelerate's precision is per process: other tests set "no"
+            *shrink]
+    invoke(["train", recipe_path, *[a for s in sets for a in ("--set", s)], "--out", tmp_path / "run"])
+    return json.loads((tmp_path / "run" / "checkpoints" / "step-1" / "trainer.json").read_text())
+
+
 def test_the_shipped_showo_mask_grpo_recipe_runs_once_its_placeholders_are_filled(tiny_showo, prompt_file,
                                                                                   tmp_path):
     """recipes/showo-mask-grpo.yaml as a user runs it (sizes shrunk, a cheap reward for the CLIP one): its rollouts
     sample without guidance and its grids with the published w = 5, as the official training code does."""
-    recipe_path = Path(__file__).parents[2] / "recipes" / "showo-mask-grpo.yaml"
-    res = CliRunner().invoke(main, ["train", str(recipe_path), "--out", str(tmp_path / "unfilled")])
-    said = " ".join(res.output.split())
-    assert res.exit_code == 2 and "placeholders to fill in: model.spec, data.prompts, data.eval_prompts, " \
-        "rewards.0.options.pretrained" in said, res.output
     run = tmp_path / "run"
-    invoke(["train", recipe_path, "--set", f"model.spec=showo:{tiny_showo}", "--set", f"data.prompts={prompt_file}",
-            "--set", f"data.eval_prompts={prompt_file}", "--set", "rewards=[{name: brightness}]",
-            "--set", "train.iterations=1", "--set", "train.prompts_per_iter=2", "--set", "train.group_size=2",
-            "--set", "sampler.steps=4", "--set", "model.device=cpu",
-            "--set", "train.mixed_precision=no",  # accelerate's precision is per process: other tests set "no"
-            "--out", run])
-    info = json.loads((run / "checkpoints" / "step-1" / "trainer.json").read_text())
+    info = train_shipped_recipe("showo-mask-grpo.yaml", "rewards.0.options.pretrained", f"showo:{tiny_showo}",
+                                prompt_file, tmp_path, ["train.prompts_per_iter=2", "train.group_size=2",
+                                                        "sampler.steps=4"])
     assert info["algorithm"] == "mask-grpo" and info["last_metrics"]["steps"] == [0, 1, 2, 3]
     assert info["sampler"]["guidance_scale"] == 0.0 and info["eval_sampler"]["guidance_scale"] == 5.0
     assert info["eval_sampler"]["steps"] == 4 and info["recipe"]["train"]["kl_beta"] == 0.0
@@ -255,17 +263,9 @@ def test_the_shipped_showo_mask_grpo_recipe_runs_once_its_placeholders_are_fille
 def test_the_shipped_amused_recipe_runs_once_its_placeholders_are_filled(tiny_folders, prompt_file, tmp_path):
     """recipes/amused-hps.yaml as a user runs it (sizes shrunk, a cheap reward for HPS): MaskFocus at aMUSEd's own
     CFG 10, two critical steps."""
-    recipe_path = Path(__file__).parents[2] / "recipes" / "amused-hps.yaml"
-    res = CliRunner().invoke(main, ["train", str(recipe_path), "--out", str(tmp_path / "unfilled")])
-    said = " ".join(res.output.split())
-    assert res.exit_code == 2 and "placeholders to fill in: model.spec, data.prompts, data.eval_prompts, " \
-        "rewards.0.options.weights" in said, res.output
     run = tmp_path / "run"
-    invoke(["train", recipe_path, "--set", f"model.spec=amused:{tiny_folders['amused']}",
-            "--set", f"data.prompts={prompt_file}", "--set", f"data.eval_prompts={prompt_file}",
-            "--set", "rewards=[{name: brightness}]", "--set", "train.iterations=1", "--set", "sampler.steps=5",
-            "--set", "model.device=cpu", "--set", "train.mixed_precision=no", "--out", run])
-    info = json.loads((run / "checkpoints" / "step-1" / "trainer.json").read_text())
+    info = train_shipped_recipe("amused-hps.yaml", "rewards.0.options.weights", f"amused:{tiny_folders['amused']}",
+                                prompt_file, tmp_path, ["sampler.steps=5"])
     assert info["algorithm"] == "maskfocus" and info["sampler"]["guidance_scale"] == 10.0
     steps = info["last_metrics"]["steps"]
     assert info["last_metrics"]["kept"] == 8 and len(steps) == 2 and set(steps) <= {0, 1, 2}  # candidates 0 … T−3
