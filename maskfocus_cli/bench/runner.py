@@ -245,8 +245,9 @@ def _claim_out(out: Path, planned: set[Path], fresh: bool) -> None:
         return
     example = found[0].relative_to(out)
     if "generator" not in _read_json_or_empty(out / RUN_INFO):
-        raise ValueError(f"--out {out} holds images that no evaluate run recorded (e.g. {example}): choose a "
-                         f"new --out or empty it")
+        why = f"its {RUN_INFO} is damaged, so they cannot be matched to a run" if (out / RUN_INFO).is_file() \
+            else "no evaluate run recorded them"
+        raise ValueError(f"--out {out} holds images (e.g. {example}) and {why}: choose a new --out or empty it")
     if fresh:
         remove_run_files(out, found)
         return

@@ -99,8 +99,15 @@ def sample(prompt_args, prompts_file, model_spec, checkpoint, device, dtype, ste
     router = make_router(routing)
     if layout == "geneval":
         from maskfocus_cli.bench.layout import write_geneval_metadata
+        unscorable = 0
         for i, (p, m) in enumerate(zip(prompts, metas)):
-            write_geneval_metadata(out_dir, i, m if m is not None else geneval_metadata(p))
+            row = m if m is not None else geneval_metadata(p)
+            unscorable += set(row) == {"prompt"}
+            write_geneval_metadata(out_dir, i, row)
+        if unscorable:  # evaluate --images refuses such folders later: say so now
+            stderr.print(f"note: {unscorable} of {len(prompts)} prompts are not shapes-world GenEval prompts, so "
+                         "their metadata holds only the prompt and `evaluate --images` cannot score them (give "
+                         "GenEval metadata rows with --prompts FILE.jsonl)", highlight=False, soft_wrap=True)
     jobs = make_jobs(prompts, n, seed, metas)
     sheet = []
     with progress() as bar:

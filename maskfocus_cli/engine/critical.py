@@ -67,11 +67,15 @@ class ClipEmbedder:
             from pathlib import Path
             if not Path(weights).is_file():
                 raise ValueError(f"--clip-weights {weights}: file not found")
+            if model not in open_clip.list_models():
+                raise ValueError(f"unknown open_clip architecture {model!r} (e.g. ViT-B-32, ViT-L-14, ViT-H-14; "
+                                 "python -c 'import open_clip; print(open_clip.list_models())' lists them all)")
             try:
                 clip_model = open_clip.create_model(model, pretrained=weights)
-            except Exception as e:  # noqa: BLE001 - unknown architecture / unreadable file: a user problem
-                raise ValueError(f"cannot load open_clip {model!r} from {weights}: "
-                                 f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+            except Exception as e:  # noqa: BLE001 - an unreadable or mismatched file: a user problem
+                raise ValueError(f"cannot load open_clip {model!r} weights from {weights}: not an open_clip "
+                                 f"checkpoint of that architecture ({type(e).__name__}); give the matching "
+                                 "open_clip_pytorch_model.bin") from None
         self.clip = clip_model.eval().to(adapter.device)
         size = getattr(self.clip.visual, "image_size", 224)
         self.size = size if isinstance(size, int) else size[0]

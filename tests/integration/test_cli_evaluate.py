@@ -278,6 +278,10 @@ def test_images_no_evaluate_run_recorded_are_never_overwritten_or_deleted(tiny_s
         res = invoke("--bench", "shapes", "--model", f"shapes:{tiny_shapes}", *FAST, "--out", str(out), *fresh)
         assert_user_error(res, "no evaluate run recorded", "00000/metadata.jsonl", "new --out")
     assert (out / "00000" / "samples" / "0000.png").read_bytes() == before
+    (out / "run.json").write_text("{damaged")  # a record that cannot be read is said to be damaged
+    res = invoke("--bench", "shapes", "--model", f"shapes:{tiny_shapes}", *FAST, "--out", str(out))
+    assert_user_error(res, "its run.json is damaged", "new --out")
+    assert (out / "00000" / "samples" / "0000.png").read_bytes() == before
 
 
 def test_dtype_is_recorded_and_part_of_the_resume_check(tiny_shapes, tmp_path):

@@ -111,8 +111,12 @@ def test_unknown_clip_architecture_one_line_exit_2(tiny_shapes, tmp_path):
     weights.write_bytes(b"not a checkpoint")  # (an unknown architecture fails before the file is read)
     res = run(["profile-steps", PROMPTS[0], "--model", tiny_shapes, "--out", str(tmp_path / "o"),
                "--embed", "clip", "--clip-model", "ViT-X-99", "--clip-weights", str(weights)])
-    assert res.exit_code == 2 and "cannot load open_clip 'ViT-X-99'" in res.stderr
-    assert len(res.stderr.strip().splitlines()) == 1
+    assert res.exit_code == 2 and "unknown open_clip architecture 'ViT-X-99'" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and len(res.stderr) < 300  # not open_clip's whole list
+    res = run(["profile-steps", PROMPTS[0], "--model", tiny_shapes, "--out", str(tmp_path / "o"),
+               "--embed", "clip", "--clip-model", "ViT-B-32", "--clip-weights", str(weights)])
+    assert res.exit_code == 2 and "not an open_clip checkpoint of that architecture" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and "weights_only" not in res.stderr
 
 
 def test_empty_prompts_one_line_exit_2(tiny_shapes, tmp_path):

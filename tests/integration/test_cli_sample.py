@@ -95,6 +95,12 @@ def test_geneval_layout_of_shapes_prompts_writes_metadata_evaluate_can_score(tmp
     scored = run("evaluate", "--bench", "shapes", "--images", out)
     assert scored.exit_code == 0, scored.output
     assert json.loads(scored.stdout)["images"] == 2
+    assert "not shapes-world GenEval prompts" not in res.stderr
+    # a prompt the shapes world cannot parse: its metadata holds only the prompt, and sample says so now
+    res = run("sample", prompts[0], "a photo of circle red", "--layout", "geneval", "--steps", 2,
+              "--model", f"shapes:{tiny_shapes_dir}", "--out", tmp_path / "GP2")
+    assert res.exit_code == 0, res.output
+    assert "1 of 2 prompts are not shapes-world GenEval prompts" in " ".join(res.stderr.split())
 
 
 def test_bad_input(tmp_path, tiny_shapes_dir, monkeypatch):
