@@ -187,7 +187,7 @@ class Trainer:
             check_metadata_for_reward(recipe, self.prompts, reward_fn)  # before the reward loads its weights
             self.reward = reward_fn or reward_from_recipe(self.recipe.rewards)
             # ranks route on the whole rollout batch's median entropy, as one process would
-            gather = None if self.acc.num_processes == 1 else self._gather_entropies
+            gather = None if self.acc.num_processes == 1 else self._gather
             self.router = make_router(recipe.routing.enabled, recipe.routing.scale, recipe.routing.decay,
                                       recipe.routing.floor, gather)
         else:
@@ -197,11 +197,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ set-up helpers
     def _gather(self, values: torch.Tensor) -> torch.Tensor:
-        """Every rank's equal-length tensor, concatenated in rank order (on the CPU)."""
-        return self.acc.gather(values.contiguous().to(self.acc.device)).cpu()
-
-    def _gather_entropies(self, values: torch.Tensor) -> torch.Tensor:
-        """Every rank's per-sample entropies (ranks hold equal shares: k-repeat split)."""
+        """Every rank's equal-length tensor (rewards, validation scores, routing entropies), concatenated in
+        rank order, on the device ``values`` came from."""
         return self.acc.gather(values.contiguous().to(self.acc.device)).to(values.device)
 
     def _load_adapter(self) -> MaskedT2IAdapter:
@@ -578,6 +575,7 @@ class Trainer:
         adv_local = adv.values[mine_t]
         n_keep_global = int(adv.keep.sum())
         stats = {"loss": 0.0, "kl": 0.0, "clipped": 0.0, "elements": 0.0}
+        skipped_steps = 0  # optimiser steps skipped for a non-finite gradient
         steps_used: list[int] = []
         if n_keep_global > 0:
             idx = keep_local.nonzero().flatten()
@@ -591,14 +589,13 @@ class Trainer:
                 e_stats = self._accumulate(sub, idx, steps, cond, uncond, adv_local, it, mine_t, old,
                                            n_keep_global, epoch)
                 grad_norm, skipped = self._step(it)
-                stats["skipped_steps"] = stats.get("skipped_steps", 0) + int(skipped)
+                skipped_steps += int(skipped)
                 if epoch == 0:  # loss and KL of the on-policy pass; clipping counts every pass (it bites
                     stats.update(e_stats)  # only from the second on, where the ratio has moved)
                 else:
                     stats["clipped"] += e_stats["clipped"]
                     stats["elements"] += e_stats["elements"]
                 stats["grad_norm"] = grad_norm
-        skipped_steps = stats.pop("skipped_steps", 0)
         stats = self._reduce_stats(stats)
         times["loss"] = time.perf_counter() - t2
         times["total"] = time.perf_counter() - t0

@@ -97,7 +97,8 @@ def read_trainer_info(ckpt: str | Path) -> dict:
     if info["iteration"] < 0:
         raise CheckpointError(f"{path}: 'iteration' is {info['iteration']}, below 0 (damaged?): use another "
                               "checkpoint")
-    if info.get("algorithm", "maskfocus") not in ("maskfocus", "mask-grpo", "pretrain"):
+    from maskfocus_cli.config import TrainConfig
+    if info.get("algorithm", "maskfocus") not in TrainConfig.__dataclass_fields__["algorithm"].metadata["choices"]:
         raise CheckpointError(f"{path}: unknown algorithm {info['algorithm']!r} (damaged?): use another checkpoint")
     return info
 
